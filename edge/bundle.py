@@ -1,0 +1,139 @@
+"""The model bundle: the contract between the training workstation and the bin.
+
+A bundle is ``model.tflite`` plus ``model.json`` side by side (usually in one
+folder). ``model.json`` carries everything the edge needs to use the model
+without guessing; see :func:`write_bundle` for the keys. The edge refuses a
+bundle it cannot trust and says exactly why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.errors import SmartbinError
+from edge.preprocess import InputSpec
+from edge.taxonomy import Taxonomy, parse_taxonomy
+
+FORMAT = "smartbin-model-bundle"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({1})
+MODEL_FILE = "model.tflite"
+META_FILE = "model.json"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    folder: Path
+    meta: dict[str, Any]
+    taxonomy: Taxonomy
+
+    @property
+    def model_path(self) -> Path:
+        return self.folder / MODEL_FILE
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.meta["labels"])
+
+    @property
+    def model_id(self) -> str:
+        return str(self.meta.get("model_id", self.folder.name))
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec.from_dict(self.meta["input"])
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def bundle_folder(path: str | Path) -> Path:
+    """Accept the folder, its model.json or its model.tflite."""
+    path = Path(path)
+    return path.parent if path.name in (MODEL_FILE, META_FILE) else path
+
+
+def load_bundle(path: str | Path, taxonomy: Taxonomy | None = None, *, verify_sha: bool = True) -> Bundle:
+    """Read and verify a bundle against the active ``taxonomy``.
+
+    With no taxonomy given, the one the model was trained for (embedded in
+    model.json) is used.
+    """
+    folder = bundle_folder(path)
+    meta_path, model_path = folder / META_FILE, folder / MODEL_FILE
+    for needed in (meta_path, model_path):
+        if not needed.is_file():
+            raise SmartbinError(
+                f"model bundle {folder}: {needed.name} is missing",
+                "a bundle is model.tflite + model.json written by smartbin-train; "
+                "copy both files, or point --model at the right folder",
+            )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SmartbinError(
+            f"model bundle {folder}: {META_FILE} is not valid JSON ({exc})",
+            "the file is damaged; copy the bundle again from the training run",
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise SmartbinError(
+            f"model bundle {folder}: {META_FILE} is not a smartbin bundle (format != {FORMAT!r})",
+            "export the model with smartbin-train, which writes this file",
+        )
+    version = meta.get("format_version")
+    if version not in SUPPORTED_VERSIONS:
+        raise SmartbinError(
+            f"model bundle {folder}: format version {version!r} is not supported "
+            f"(this smartbin reads {sorted(SUPPORTED_VERSIONS)})",
+            "update smartbin on this device, or export the bundle with a matching smartbin-train",
+        )
+    for key in ("labels", "input", "model_sha256", "taxonomy"):
+        if key not in meta:
+            raise SmartbinError(
+                f"model bundle {folder}: {META_FILE} has no {key!r}",
+                "export the bundle again with smartbin-train",
+            )
+    if verify_sha:
+        actual = sha256_file(model_path)
+        if actual != meta["model_sha256"]:
+            raise SmartbinError(
+                f"model bundle {folder}: {MODEL_FILE} sha256 is {actual[:12]}…, "
+                f"but {META_FILE} says {str(meta['model_sha256'])[:12]}…; the model file is "
+                "corrupt or belongs to another bundle",
+                "copy model.tflite and model.json again, together, from the same training run",
+            )
+    trained_for = parse_taxonomy(meta["taxonomy"], source=f"{meta_path} taxonomy")
+    active = taxonomy or trained_for
+    missing = active.uncovered(meta["labels"])
+    if missing:
+        raise SmartbinError(
+            f"model bundle {folder}: labels {missing} are not in taxonomy {active.name!r}",
+            "map each of them to a bin under 'items:' (or list them under 'ignore:') in the taxonomy file",
+        )
+    InputSpec.from_dict(meta["input"])
+    return Bundle(folder=folder, meta=meta, taxonomy=active)
+
+
+def write_bundle(folder: str | Path, tflite_model: bytes, meta: dict[str, Any]) -> Bundle:
+    """Write model.tflite and model.json; the format keys and sha256 are filled in here."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model_path = folder / MODEL_FILE
+    model_path.write_bytes(tflite_model)
+    full = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **meta,
+        "model_sha256": sha256_file(model_path),
+    }
+    (folder / META_FILE).write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    return load_bundle(folder)

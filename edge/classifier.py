@@ -1,0 +1,102 @@
+"""Classifier: a bundle's TFLite model behind a pure ``frame -> item probabilities``.
+
+The interpreter is LiteRT (``ai-edge-litert``); ``tflite-runtime`` serves old
+32-bit images where LiteRT has no wheel, and ``tf.lite`` is the last resort on
+a workstation. TensorFlow is never imported when either runtime is present.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.bundle import Bundle
+from edge.errors import SmartbinError
+from edge.preprocess import dequantize, prepare, quantize
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = (
+    ("ai_edge_litert.interpreter", "ai-edge-litert"),
+    ("tflite_runtime.interpreter", "tflite-runtime"),
+    ("tensorflow.lite", "tensorflow"),
+)
+
+
+def interpreter_class() -> tuple[Any, str]:
+    """The first TFLite interpreter class that imports, and its package name."""
+    for module_name, package in RUNTIMES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        return module.Interpreter, package
+    raise SmartbinError(
+        "no TFLite interpreter is installed",
+        "pip install 'smartbin[edge]' (ai-edge-litert); on 32-bit Pi OS use "
+        "pip install tflite-runtime 'numpy<2'",
+    )
+
+
+def open_interpreter(model_path: Path, threads: int | None = None) -> tuple[Any, str]:
+    cls, package = interpreter_class()
+    try:
+        interpreter = cls(model_path=str(model_path), num_threads=threads)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise SmartbinError(
+            f"{package} cannot load {model_path}: {exc}",
+            "the model file is damaged or was built for another runtime; export it again",
+        ) from None
+    return interpreter, package
+
+
+class Classifier:
+    """Item probabilities for one frame, prepared exactly as the trainer prepared photos."""
+
+    def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
+        self.bundle = bundle
+        self.labels = bundle.labels
+        self.spec = bundle.input_spec
+        self.interpreter, self.runtime = open_interpreter(bundle.model_path, threads)
+        inp = self.interpreter.get_input_details()[0]
+        out = self.interpreter.get_output_details()[0]
+        self._in_index, self._out_index = inp["index"], out["index"]
+        self.input_dtype = np.dtype(inp["dtype"])
+        self._in_q = inp["quantization"]
+        self._out_q = out["quantization"]
+        expected = (1, self.spec.height, self.spec.width, 3)
+        if tuple(inp["shape"]) != expected:
+            raise SmartbinError(
+                f"model {bundle.model_path} takes input {tuple(inp['shape'])}, but model.json "
+                f"says {expected}",
+                "the bundle's files do not belong together; export it again",
+            )
+        if int(out["shape"][-1]) != len(self.labels):
+            raise SmartbinError(
+                f"model {bundle.model_path} has {out['shape'][-1]} outputs for {len(self.labels)} labels",
+                "the bundle's files do not belong together; export it again",
+            )
+
+    def input_tensor(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """The exact tensor the model is fed for this frame (batch of one)."""
+        return self.tensor_from_pixels(prepare(frame_bgr, self.spec))
+
+    def tensor_from_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Prepared ``(h, w, 3)`` uint8 pixels -> the model's input tensor."""
+        scale, zero_point = self._in_q
+        return quantize(pixels, scale, zero_point, self.input_dtype)[np.newaxis]
+
+    def predict_tensor(self, tensor: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self._in_index, tensor)
+        self.interpreter.invoke()
+        raw = self.interpreter.get_tensor(self._out_index)[0]
+        return dequantize(raw, *self._out_q)
+
+    def predict(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """Item probabilities, in the order of ``self.labels``."""
+        return self.predict_tensor(self.input_tensor(frame_bgr))

@@ -1,0 +1,253 @@
+"""``smartbin``: the command on the bin."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.bundle import load_bundle
+from edge.classifier import Classifier
+from edge.config import DEFAULT_BUNDLE, Config, describe, load_config
+from edge.decision import decide
+from edge.errors import SmartbinError
+from edge.evaluation import confusion_matrix, format_scores, plot_confusion, predicted_bins, scores
+from edge.images import expand_paths, labelled_images, read_image
+from edge.taxonomy import load_taxonomy
+
+log = logging.getLogger("smartbin")
+
+EPILOG = """\
+examples:
+  smartbin classify photo.jpg                  item, bin and confidence for one photo
+  smartbin classify photos/ --json             every photo in a folder, as JSON lines
+  smartbin eval --data runs/garbage12/test_split --plots out/
+                                               accuracy on labelled photos
+  smartbin config                              every config key with its default
+
+The model is the bundle shipped in models/ unless --model or the config's
+model.bundle names another. Exit status: 0 ok, 1 some photos were skipped,
+2 an error stopped the command (the message says what to fix).
+"""
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="device config YAML (default: built-in defaults)")
+    p.add_argument("--model", help=f"model bundle folder (default: {DEFAULT_BUNDLE.name} in models/)")
+    p.add_argument("--taxonomy", help="taxonomy YAML (default: the one the model was trained for)")
+    p.add_argument("--threads", type=int, help="interpreter threads (default: from config, 2)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smartbin",
+        description="smartbin: recognise an item on the tray and sort it into a bin.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "classify",
+        help="classify photos: item, bin, confidence",
+        description="Classify photos with the model bundle and show the item, the bin it goes "
+        "to, the confidence and the top-k items. Unreadable photos are skipped and named.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
+    add_model_options(p)
+    p.add_argument("--threshold", type=float, help="bin confidence below which the item is uncertain")
+    p.add_argument("--top-k", type=int, help="how many items to list per photo (default 3)")
+    p.add_argument("--json", action="store_true", help="one JSON object per photo")
+
+    p = sub.add_parser(
+        "eval",
+        help="score the model on labelled photos",
+        description="Score the model on a folder whose sub-folders are item labels (item and "
+        "bin accuracy) or bin ids (bin accuracy). Run it on a training run's test_split/ to "
+        "check that the bin reproduces the training report.",
+    )
+    p.add_argument("--data", required=True, help="folder of <label or bin>/<photo> files")
+    add_model_options(p)
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    p.add_argument("--plots", metavar="DIR", help="write confusion matrix PNGs here (needs matplotlib)")
+    p.add_argument("--limit", type=int, help="at most this many photos per folder")
+
+    sub.add_parser(
+        "config",
+        help="print every config key with its default and description",
+        description="Print the config reference as YAML: every key, its default and what it does.",
+    )
+    return parser
+
+
+def resolve(args: argparse.Namespace) -> tuple[Config, Classifier]:
+    config = load_config(args.config)
+    m = config.model
+    taxonomy = load_taxonomy(args.taxonomy or m.taxonomy) if (args.taxonomy or m.taxonomy) else None
+    bundle = load_bundle(args.model or m.bundle or DEFAULT_BUNDLE, taxonomy)
+    return config, Classifier(bundle, threads=args.threads or m.threads)
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    config, classifier = resolve(args)
+    bundle = classifier.bundle
+    threshold = config.model.threshold if args.threshold is None else args.threshold
+    if not 0 <= threshold <= 1:
+        raise SmartbinError(f"--threshold {threshold} is outside 0..1", "use e.g. --threshold 0.6")
+    top_k = args.top_k or config.model.top_k
+    skipped = 0
+    if not args.json:
+        print(
+            f"model {bundle.model_id} ({classifier.runtime}), taxonomy {bundle.taxonomy.name}, "
+            f"threshold {threshold:.2f}"
+        )
+        print(f"{'photo':<40} {'item':<14} {'bin':<11} {'conf':>6}  top-{top_k}")
+    for path in expand_paths(args.paths):
+        try:
+            frame = read_image(path)
+        except SmartbinError as exc:
+            log.warning("skipped: %s", exc.problem)
+            skipped += 1
+            continue
+        d = decide(
+            classifier.predict(frame),
+            classifier.labels,
+            bundle.taxonomy,
+            threshold,
+            config.model.fallback_bin,
+            top_k,
+        )
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "path": str(path),
+                        "item": d.item,
+                        "bin": d.bin,
+                        "confidence": round(d.confidence, 4),
+                        "item_confidence": round(d.item_confidence, 4),
+                        "uncertain": d.uncertain,
+                        "bins": {k: round(v, 4) for k, v in d.bin_probs.items()},
+                        "top": [[k, round(v, 4)] for k, v in d.top_items],
+                    }
+                )
+            )
+        else:
+            shown = str(path) if len(str(path)) <= 40 else "…" + str(path)[-39:]
+            mark = "?" if d.uncertain else ""
+            top = ", ".join(f"{k} {v:.0%}" for k, v in d.top_items)
+            print(f"{shown:<40} {d.item:<14} {str(d.bin) + mark:<11} {d.confidence:6.1%}  {top}")
+    return 1 if skipped else 0
+
+
+def read_eval_folders(data: Path, labels: list[str], taxonomy, limit: int | None):
+    """Decide whether the sub-folders are item labels or bin ids, and list the photos."""
+    pairs = labelled_images(data)
+    folders = sorted({label for _, label in pairs})
+    if set(folders) <= set(labels):
+        level = "item"
+    elif set(folders) <= set(taxonomy.bin_ids) | set(taxonomy.items):
+        level = "bin"
+    else:
+        unknown = sorted(set(folders) - set(labels) - set(taxonomy.bin_ids) - set(taxonomy.items))
+        raise SmartbinError(
+            f"{data}: folders {unknown} are neither model labels nor bins of taxonomy {taxonomy.name!r}",
+            f"name sub-folders after labels ({', '.join(labels)}) or bins ({', '.join(taxonomy.bin_ids)})",
+        )
+    if limit:
+        by_label: dict[str, list] = {}
+        for path, label in pairs:
+            by_label.setdefault(label, []).append((path, label))
+        pairs = [pair for group in by_label.values() for pair in group[:limit]]
+    return level, pairs
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    _, classifier = resolve(args)
+    taxonomy, labels = classifier.bundle.taxonomy, classifier.labels
+    level, pairs = read_eval_folders(Path(args.data), labels, taxonomy, args.limit)
+    probs, truth, skipped = [], [], []
+    for path, label in tqdm(pairs, desc="evaluating", unit="photo", disable=None, dynamic_ncols=True):
+        try:
+            frame = read_image(path)
+        except SmartbinError as exc:
+            log.warning("skipped: %s", exc.problem)
+            skipped.append(str(path))
+            continue
+        probs.append(classifier.predict(frame))
+        truth.append(label)
+    if not probs:
+        raise SmartbinError(f"no readable photos in {args.data}", "check the folder")
+    probs_arr = np.stack(probs)
+    result: dict[str, Any] = {
+        "model_id": classifier.bundle.model_id,
+        "data": str(args.data),
+        "runtime": classifier.runtime,
+        "skipped": skipped,
+    }
+    bins = taxonomy.bin_ids
+    true_bins = [lab if lab in bins else taxonomy.bin_of(lab) for lab in truth]
+    pred_bins = predicted_bins(probs_arr, labels, taxonomy)
+    if level == "item":
+        cm = confusion_matrix([labels.index(t) for t in truth], probs_arr.argmax(1), len(labels))
+        result["item"] = scores(cm, labels)
+    result["bin"] = scores(
+        confusion_matrix([bins.index(b) for b in true_bins], [bins.index(b) for b in pred_bins], len(bins)),
+        bins,
+    )
+    if args.plots:
+        out = Path(args.plots)
+        out.mkdir(parents=True, exist_ok=True)
+        for key in ("item", "bin"):
+            if key in result:
+                r = result[key]
+                path = plot_confusion(
+                    np.array(r["confusion"]),
+                    r["labels"],
+                    out / f"confusion_{key}s.png",
+                    f"{key} confusion, {args.data} (n={r['n']})",
+                )
+                log.info("wrote %s", path)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"model {classifier.bundle.model_id} ({classifier.runtime}) on {args.data}")
+        for key in ("item", "bin"):
+            if key in result:
+                print(format_scores(result[key], f"{key} level"))
+                print()
+    return 1 if skipped else 0
+
+
+COMMANDS = {"classify": cmd_classify, "eval": cmd_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "config":
+        print(describe())
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except SmartbinError as exc:
+        print(f"smartbin {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""The device config: one YAML file, every key with a default and a description.
+
+A bad file fails at start with the key path, the bad value and what was
+expected. Sections are dataclasses; ``help`` in a field's metadata is its
+description (``smartbin config`` prints them all).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import yaml
+
+from edge.errors import SmartbinError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BUNDLE = REPO_ROOT / "models" / "garbage12-mnv2"
+DEFAULT_CONFIG = Path("/etc/smartbin/smartbin.yaml")
+
+
+def opt(default: Any, help: str, check: Callable[[Any], bool] | None = None, expect: str = ""):
+    return field(default=default, metadata={"help": help, "check": check, "expect": expect})
+
+
+def unit_interval(x: float) -> bool:
+    return 0.0 <= x <= 1.0
+
+
+@dataclass
+class ModelConfig:
+    bundle: Optional[str] = opt(
+        None,
+        "model bundle folder (model.tflite + model.json from smartbin-train); "
+        "empty = the default bundle shipped in models/",
+    )
+    taxonomy: Optional[str] = opt(
+        None, "taxonomy YAML mapping items to bins; empty = the one the model was trained for"
+    )
+    threshold: float = opt(
+        0.6,
+        "bin confidence below which the item goes to the fallback bin, marked uncertain",
+        unit_interval,
+        "a number from 0 to 1",
+    )
+    fallback_bin: Optional[str] = opt(None, "bin for uncertain items; empty = taxonomy default_bin")
+    threads: int = opt(2, "interpreter threads", lambda n: n >= 1, "an integer >= 1")
+    top_k: int = opt(3, "how many items `classify` lists per photo", lambda n: n >= 1, ">= 1")
+
+
+@dataclass
+class Config:
+    device_id: str = opt(
+        "smartbin-dev",
+        "this bin's id, used in MQTT topics",
+        lambda s: bool(s) and "/" not in s and "+" not in s and "#" not in s,
+        "a non-empty id without '/', '+' or '#'",
+    )
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the classifier"})
+
+
+def _type_name(tp: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    if typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        tp = args[0]
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, key, source)
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise SmartbinError(
+                f"{source}: {key} = {value!r} is not valid: expected a list", f"fix {key} in {source}"
+            )
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    ok = (
+        isinstance(value, bool)
+        if tp is bool
+        else isinstance(value, tp) and not isinstance(value, bool)
+        if tp is int
+        else isinstance(value, (int, float)) and not isinstance(value, bool)
+        if tp is float
+        else isinstance(value, tp)
+    )
+    if not ok:
+        raise SmartbinError(
+            f"{source}: {key} = {value!r} is not valid: expected {_type_name(tp)}",
+            f"fix {key} in {source}",
+        )
+    return float(value) if tp is float else value
+
+
+def build_dataclass(cls: type, data: Any, prefix: str, source: str) -> Any:
+    """Validate a mapping against a dataclass of ``opt`` fields, naming the key path on error."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise SmartbinError(
+            f"{source}: {prefix or 'the file'} must be a mapping of keys, got {data!r}",
+            f"write {prefix or 'the file'} as 'key: value' lines",
+        )
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, data)) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise SmartbinError(
+            f"{source}: unknown key {where}{unknown[0]}",
+            f"known keys{' under ' + prefix if prefix else ''}: {', '.join(fields)}",
+        )
+    values = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        value = _coerce(data[name], hints[name], key, source)
+        check = f.metadata.get("check")
+        if check is not None and value is not None and not check(value):
+            raise SmartbinError(
+                f"{source}: {key} = {value!r} is not valid: expected {f.metadata['expect']}",
+                f"fix {key} in {source}",
+            )
+        values[name] = value
+    return cls(**values)
+
+
+def parse_config(data: Any, source: str = "config") -> Config:
+    return build_dataclass(Config, data, "", source)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read the YAML config; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SmartbinError(
+            f"config file {path} does not exist",
+            "copy config/smartbin.yaml to it, or pass --config with the right path",
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SmartbinError(f"config file {path} is not valid YAML: {exc}", "fix the syntax") from None
+    return parse_config(data, source=str(path))
+
+
+def describe(cls: type = Config, indent: str = "") -> str:
+    """The config reference as commented YAML with every default."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(default):
+            lines += [f"{indent}# {help_text}", f"{indent}{f.name}:", describe(type(default), indent + "  ")]
+            continue
+        lines.append(f"{indent}# {help_text}")
+        lines.append(f"{indent}{yaml.safe_dump({f.name: default}, allow_unicode=True).strip()}")
+    return "\n".join(lines)

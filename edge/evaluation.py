@@ -1,0 +1,111 @@
+"""Scoring predictions: the same numbers in the training report and `smartbin eval`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def confusion_matrix(true: Sequence[int], pred: Sequence[int], n: int) -> np.ndarray:
+    """Rows are the true class, columns the predicted class."""
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (np.asarray(true, dtype=int), np.asarray(pred, dtype=int)), 1)
+    return cm
+
+
+def scores(cm: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, balanced accuracy (mean recall over present classes), per-class P/R."""
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    hits = np.diag(cm)
+    present = support > 0
+    recall = np.divide(hits, support, out=np.zeros(len(names)), where=present)
+    precision = np.divide(hits, predicted, out=np.zeros(len(names)), where=predicted > 0)
+    total = int(cm.sum())
+    return {
+        "n": total,
+        "accuracy": float(hits.sum() / total) if total else 0.0,
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(names)
+        },
+        "labels": list(names),
+        "confusion": cm.tolist(),
+    }
+
+
+def format_scores(result: dict[str, Any], title: str) -> str:
+    names = result["labels"]
+    cm = np.asarray(result["confusion"])
+    width = max(8, *(len(n) for n in names))
+    lines = [
+        f"{title}: accuracy {result['accuracy']:.2%}, balanced accuracy "
+        f"{result['balanced_accuracy']:.2%} on {result['n']} photos",
+        f"{'class':<{width}}  precision  recall  support",
+    ]
+    for name in names:
+        pc = result["per_class"][name]
+        lines.append(f"{name:<{width}}  {pc['precision']:9.1%}  {pc['recall']:6.1%}  {pc['support']:7d}")
+    abbrev = [n[:6] for n in names]
+    lines.append(
+        f"confusion (rows: true, columns: predicted)\n{'':<{width}}  " + " ".join(f"{a:>6}" for a in abbrev)
+    )
+    for name, row in zip(names, cm):
+        lines.append(f"{name:<{width}}  " + " ".join(f"{v:6d}" for v in row))
+    return "\n".join(lines)
+
+
+def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str | Path, title: str) -> Path:
+    """A PNG of the confusion matrix, rows normalised so small classes stay readable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    size = 2.5 + 0.55 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if cm[i, j]:
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def predicted_bins(probs: np.ndarray, labels: Sequence[str], taxonomy: Any) -> list[str]:
+    """The most probable bin for each row of item probabilities (no threshold)."""
+    from edge.decision import bin_probabilities
+
+    result = []
+    for row in np.atleast_2d(probs):
+        bins = bin_probabilities(row, labels, taxonomy)
+        result.append(max(bins, key=bins.__getitem__))
+    return result

@@ -1,0 +1,261 @@
+"""The run's report: JSON for machines, Markdown (the model card) for people, PNGs to look at.
+
+Every number here comes from the run's own results; nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.evaluation import plot_confusion
+from host_training.data import SPLITS, Split
+from host_training.settings import TrainSettings
+
+PICTURES = ("curves.png", "confusion_items.png", "confusion_bins.png")
+
+
+def bundle_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """The compact metrics block that travels in model.json."""
+    out: dict[str, Any] = {"split": result["split"], "n": result["n"]}
+    for kind in ("float", "int8"):
+        for level in ("item", "bin"):
+            r = result[kind][level]
+            out[f"{kind}_{level}_accuracy"] = round(r["accuracy"], 5)
+            out[f"{kind}_{level}_balanced_accuracy"] = round(r["balanced_accuracy"], 5)
+    out["int8_float_agreement"] = round(result["parity"]["agreement"], 5)
+    return out
+
+
+def read_history(out: Path) -> dict[str, list[dict[str, float]]]:
+    history = {}
+    for phase in ("head", "finetune"):
+        path = out / f"history_{phase}.csv"
+        if path.exists():
+            with open(path, newline="") as fh:
+                history[phase] = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    return history
+
+
+def plot_curves(history: dict[str, list[dict[str, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    offset = 0
+    for phase, rows in history.items():
+        epochs = np.arange(offset + 1, offset + len(rows) + 1)
+        for key, ax in (("loss", ax_loss), ("accuracy", ax_acc)):
+            ax.plot(epochs, [r[key] for r in rows], label=f"train ({phase})")
+            ax.plot(epochs, [r[f"val_{key}"] for r in rows], "--", label=f"val ({phase})")
+        if offset:
+            for ax in (ax_loss, ax_acc):
+                ax.axvline(offset + 0.5, color="grey", lw=0.8)
+        offset += len(rows)
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("training curves (grey line: fine-tuning starts)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def known_limits(labels: list[str], taxonomy: dict[str, Any], counts: dict[str, dict[str, int]]) -> list[str]:
+    """Limits that follow from the data itself: which labels taught each bin."""
+    lines = []
+    by_bin: dict[str, list[str]] = {b: [] for b in taxonomy["bins"]}
+    for label in labels:
+        bin_id = taxonomy["items"].get(label)
+        if bin_id:
+            by_bin[bin_id].append(label)
+    for bin_id, taught in by_bin.items():
+        if not taught:
+            lines.append(
+                f"`{bin_id}` was learned from no label at all: the model never chooses it "
+                "except as the fallback for uncertain items."
+            )
+        elif len(taught) == 1:
+            lines.append(
+                f"`{bin_id}` was learned from `{taught[0]}` photos only: other "
+                f"{bin_id} items will be recognised as something else."
+            )
+    total = {lab: sum(counts[s].get(lab, 0) for s in SPLITS) for lab in labels}
+    big = max(total, key=total.get)
+    share = total[big] / max(1, sum(total.values()))
+    if share > 2 / len(labels):
+        lines.append(
+            f"`{big}` is {share:.0%} of the photos; overall accuracy leans on it, "
+            "so read the balanced accuracy and per-class recall too."
+        )
+    lines.append(
+        "The photos are single objects on plain or web backgrounds, not a bin's tray "
+        "camera: expect lower accuracy on a device until it is retrained with photos "
+        "from its own camera (the uncertain photos it saves are for that)."
+    )
+    return lines
+
+
+def markdown(rep: dict[str, Any]) -> str:
+    meta, res, split = rep["meta"], rep["result"], rep["split"]
+    labels = meta["labels"]
+    lines = [
+        f"# Model card: {meta['model_id']}",
+        "",
+        f"{meta['architecture']}. Input: {meta['input']['width']}x{meta['input']['height']} "
+        f"{meta['input']['color_order']} uint8, full-integer (int8) TFLite. Written by "
+        f"`smartbin-train` on {meta['created']} from the run's own report (`report.json`).",
+        "",
+        "## Results on the held-out test split",
+        "",
+        f"{res['n']} test photos, none of them a near-duplicate of a training photo "
+        f"(perceptual hash within {split['phash_distance']} bits keeps a group in one split).",
+        "",
+        "| | float (Keras) | int8 (LiteRT, shipped) |",
+        "|---|---:|---:|",
+    ]
+    for level, name in (("item", "item"), ("bin", "four-bin")):
+        for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy")):
+            lines.append(
+                f"| {name} {label} | {pct(res['float'][level][key])} | {pct(res['int8'][level][key])} |"
+            )
+    p = res["parity"]
+    lines += [
+        "",
+        f"int8 vs float: top-1 agreement {pct(p['agreement'])}, item accuracy drop "
+        f"{p['drop_points']:.2f} points. Interpreter: {res['runtime']}.",
+        "",
+        "### Per item (int8)",
+        "",
+        "| item | bin | precision | recall | test photos |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for label in labels:
+        pc = res["int8"]["item"]["per_class"][label]
+        bin_id = meta["taxonomy"]["items"].get(label, "-")
+        lines.append(
+            f"| {label} | {bin_id} | {pct(pc['precision'])} | {pct(pc['recall'])} | {pc['support']} |"
+        )
+    lines += [
+        "",
+        "### Per bin (int8)",
+        "",
+        "| bin | precision | recall | test photos |",
+        "|---|---:|---:|---:|",
+    ]
+    for bin_id, pc in res["int8"]["bin"]["per_class"].items():
+        lines.append(f"| {bin_id} | {pct(pc['precision'])} | {pct(pc['recall'])} | {pc['support']} |")
+    lines += [
+        "",
+        "![item confusion](confusion_items.png)",
+        "![bin confusion](confusion_bins.png)",
+        "",
+        "## Known limits",
+        "",
+        *[f"- {line}" for line in known_limits(labels, meta["taxonomy"], split["counts"])],
+        "",
+        "## Data",
+        "",
+        f"Sources: {', '.join(meta['data']['sources'])}. Fingerprint `{meta['data']['fingerprint'][:16]}…`. "
+        f"{split['photos']} photos in {split['groups']} near-duplicate groups; "
+        f"{split['skipped']} unreadable photos skipped. Split seed {split['seed']}, shares "
+        f"{'/'.join(str(f) for f in split['fractions'])} (train/val/test).",
+        "",
+        "| item | train | val | test |",
+        "|---|---:|---:|---:|",
+    ]
+    for label in labels:
+        lines.append(
+            f"| {label} | " + " | ".join(str(split["counts"][s].get(label, 0)) for s in SPLITS) + " |"
+        )
+    s = rep["settings"]
+    t = rep["timing"]
+    lines += [
+        "",
+        "## Training",
+        "",
+        f"Mode `{s['mode']}`: phase 1 trains the head ({s['head_epochs']} epochs max, lr {s['head_lr']}), "
+        f"phase 2 fine-tunes the last {s['tail_blocks']} blocks ({s['finetune_epochs']} epochs max, "
+        f"lr {s['finetune_lr']}) with BatchNorm frozen. Class weighting: {s['class_weighting']}. "
+        f"Mirrored copies: {s['flip']}. Early stopping on validation loss.",
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+        *[f"| {k.removesuffix('_s')} | {v:.0f} |" for k, v in t.items() if k.endswith("_s")],
+        "",
+        "![training curves](curves.png)",
+        "",
+        "Tools: " + ", ".join(f"{k} {v}" for k, v in meta["tools"].items()) + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(
+    out: Path,
+    settings: TrainSettings,
+    split: Split,
+    result: dict[str, Any],
+    meta: dict[str, Any],
+    timing: dict[str, float],
+) -> Path:
+    history = read_history(out)
+    rep = {
+        "meta": meta,
+        "settings": asdict(settings),
+        "split": {
+            "photos": len(split.photos),
+            "groups": len(set(split.groups)),
+            "skipped": len(split.skipped),
+            "seed": split.seed,
+            "fractions": list(split.fractions),
+            "phash_distance": split.phash_distance,
+            "counts": split.counts(),
+        },
+        "result": result,
+        "history": history,
+        "timing": timing,
+    }
+    (out / "report.json").write_text(json.dumps(rep, indent=1, ensure_ascii=False) + "\n")
+    (out / "report.md").write_text(markdown(rep), encoding="utf-8")
+    plot_curves(history, out / "curves.png")
+    for level, png in (("item", "confusion_items.png"), ("bin", "confusion_bins.png")):
+        r = result["int8"][level]
+        plot_confusion(
+            np.array(r["confusion"]),
+            r["labels"],
+            out / png,
+            f"int8 {level} confusion, test split (n={result['n']})",
+        )
+    return out / "report.md"
+
+
+def attach(out: Path, bundle_dir: Path, split: Split) -> None:
+    """Ship the report beside the model: the card's claims point at files the run wrote.
+
+    ``test_split.json`` lists the test photos (source folder name, path, label)
+    so anyone with the same data can score the bundle on exactly those photos.
+    """
+    test = [
+        {"source": Path(split.sources[p.source]).name, "path": p.path, "label": p.label, "sha256": p.sha256}
+        for p in split.subset("test")
+    ]
+    (bundle_dir / "test_split.json").write_text(json.dumps(test, indent=0) + "\n")
+    shutil.copy(out / "report.md", bundle_dir / "MODEL_CARD.md")
+    shutil.copy(out / "report.json", bundle_dir / "report.json")
+    for name in PICTURES:
+        shutil.copy(out / name, bundle_dir / name)

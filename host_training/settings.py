@@ -1,0 +1,85 @@
+"""Training settings: defaults, presets (config/training/*.yaml) and their descriptions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import yaml
+
+from edge.config import REPO_ROOT, build_dataclass, opt
+from edge.errors import SmartbinError
+
+PRESETS = REPO_ROOT / "config" / "training"
+
+
+@dataclass
+class TrainSettings:
+    data: List[str] = field(
+        default_factory=list,
+        metadata={"help": "photo folders, one sub-folder per item label (several allowed)"},
+    )
+    out: str = opt("runs/latest", "run folder: split, cache, checkpoints, report, bundle")
+    weights: Optional[str] = opt(None, "ImageNet MobileNetV2 .h5 (no top); empty = look in the usual places")
+    taxonomy: str = opt(str(REPO_ROOT / "config/taxonomy/cn-4bin.yaml"), "taxonomy the model is trained for")
+    model_id: Optional[str] = opt(None, "bundle id; empty = <data>-mnv2-<date>")
+    mode: str = opt(
+        "cached",
+        "cached: cache the frozen front once, train the tail on the cache (CPU-practical); "
+        "full: train from photos with full augmentation (GPU workstation)",
+        lambda m: m in ("cached", "full"),
+        "cached or full",
+    )
+    image_size: int = opt(224, "input size; ImageNet weights exist for 224", lambda n: n >= 32, ">= 32")
+    tail_blocks: int = opt(
+        2,
+        "blocks fine-tuned in phase 2: 0 = head only, 1..16 = last N blocks, -1 = all (full mode)",
+        lambda n: -1 <= n <= 16,
+        "-1 to 16",
+    )
+    head_epochs: int = opt(25, "phase 1 epochs (head only)", lambda n: n >= 1, ">= 1")
+    head_lr: float = opt(1e-3, "phase 1 learning rate", lambda x: x > 0, "> 0")
+    finetune_epochs: int = opt(6, "phase 2 epochs (0 = skip)", lambda n: n >= 0, ">= 0")
+    finetune_lr: float = opt(
+        1e-4, "phase 2 learning rate (low: the backbone is pretrained)", lambda x: x > 0, "> 0"
+    )
+    batch_size: int = opt(64, "batch size", lambda n: n >= 1, ">= 1")
+    dropout: float = opt(0.5, "dropout before the softmax head", lambda x: 0 <= x < 1, "0 <= x < 1")
+    flip: bool = opt(True, "cached mode: also cache the mirrored photo as a second view")
+    class_weighting: bool = opt(True, "weight classes by inverse frequency (garbage12 is a third clothes)")
+    seed: int = opt(0, "seed for the split and the training order")
+    fractions: List[float] = field(
+        default_factory=lambda: [0.7, 0.15, 0.15], metadata={"help": "train, val, test shares"}
+    )
+    phash_distance: int = opt(4, "photos whose perceptual hashes differ in <= this many bits share a split")
+    limit_per_class: Optional[int] = opt(None, "use at most this many photos per label (quick runs)")
+    calibration_photos: int = opt(
+        300, "training photos used to calibrate int8 quantisation", lambda n: n >= 1, ">= 1"
+    )
+    max_int8_drop: float = opt(
+        1.0, "fail the run if int8 test accuracy is more than this many points below float"
+    )
+    min_agreement: float = opt(0.98, "fail the run if int8 and float agree on fewer test photos than this")
+    float16: bool = opt(False, "also write model_fp16.tflite (for Jetson GPUs); not part of the bundle")
+    threads: int = opt(2, "interpreter threads for the int8 evaluation", lambda n: n >= 1, ">= 1")
+
+
+def load_settings(preset: str | None, overrides: dict) -> TrainSettings:
+    data: dict = {}
+    if preset:
+        path = Path(preset)
+        if not path.suffix:
+            path = PRESETS / f"{preset}.yaml"
+        if not path.is_file():
+            known = ", ".join(p.stem for p in sorted(PRESETS.glob("*.yaml")))
+            raise SmartbinError(f"training preset {preset} not found", f"use one of: {known}, or a YAML path")
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        source = str(path)
+    else:
+        source = "settings"
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    settings = build_dataclass(TrainSettings, data, "", source)
+    if settings.mode == "cached" and settings.tail_blocks < 0:
+        raise SmartbinError("tail_blocks = -1 (all) needs mode: full", "use mode full, or tail_blocks 0..16")
+    return settings

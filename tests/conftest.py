@@ -1,0 +1,62 @@
+"""Shared fixtures: real photos from ../shared, a tiny real training run, the shipped bundle."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("SMARTBIN_DATA", REPO.parent / "shared" / "datasets"))
+GARBAGE12 = SHARED / "garbage12"
+WEIGHTS = (
+    REPO.parent / "shared" / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+)
+SHIPPED = REPO / "models" / "garbage12-mnv2"
+TINY_CLASSES = ("battery", "biological", "clothes")
+
+needs_data = pytest.mark.skipif(
+    not GARBAGE12.is_dir(), reason=f"real photos absent: {GARBAGE12} (set SMARTBIN_DATA)"
+)
+needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"ImageNet weights absent: {WEIGHTS}")
+
+
+def real_photos(label: str, n: int) -> list[Path]:
+    return sorted((GARBAGE12 / label).iterdir())[:n]
+
+
+def make_photo_folder(root: Path, per_class: int, classes=TINY_CLASSES) -> Path:
+    """A labelled folder of real photos (symlinks into ../shared, nothing copied into the repo)."""
+    for label in classes:
+        (root / label).mkdir(parents=True)
+        for photo in real_photos(label, per_class):
+            (root / label / photo.name).symlink_to(photo)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    if not GARBAGE12.is_dir():
+        pytest.skip(f"real photos absent: {GARBAGE12}")
+    return make_photo_folder(tmp_path_factory.mktemp("tiny") / "photos", per_class=14)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory) -> Path:
+    """One real training run (tiny preset: 96 px, few photos, few steps), shared by the tests."""
+    if not WEIGHTS.is_file():
+        pytest.skip(f"ImageNet weights absent: {WEIGHTS}")
+    from host_training.cli import main
+
+    out = tmp_path_factory.mktemp("run")
+    code = main(["--preset", "tiny", "--data", str(tiny_data), "--out", str(out), "--weights", str(WEIGHTS)])
+    assert code == 0
+    return out
+
+
+@pytest.fixture()
+def tiny_bundle(tiny_run, tmp_path) -> Path:
+    """A private copy of the tiny run's bundle, free to damage."""
+    return Path(shutil.copytree(tiny_run / "bundle", tmp_path / "bundle"))

@@ -1,0 +1,91 @@
+"""`smartbin classify`, `eval` and `config` on real photos with the shipped bundle."""
+
+import json
+
+import pytest
+import yaml
+
+from edge.cli import main
+from tests.conftest import SHIPPED, make_photo_folder, needs_data, real_photos
+
+
+def test_help_teaches(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out and "classify" in out and "Exit status" in out
+
+
+def test_config_prints_a_loadable_reference(capsys):
+    assert main(["config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["threshold"] == 0.6
+
+
+@needs_data
+def test_classify_prints_item_bin_confidence(capsys):
+    photos = real_photos("battery", 2) + real_photos("shoes", 2)
+    assert main(["classify", *map(str, photos)]) == 0
+    out = capsys.readouterr().out
+    assert "hazardous" in out and "recyclable" in out
+    assert out.count("battery") >= 2
+
+
+@needs_data
+def test_classify_json_and_corrupt_photo_is_skipped_by_name(tmp_path, capsys, caplog):
+    bad = tmp_path / "half.jpg"
+    bad.write_bytes(real_photos("metal", 1)[0].read_bytes()[:50])
+    photos = [str(p) for p in real_photos("biological", 2)] + [str(bad)]
+    assert main(["classify", "--json", "--top-k", "2", *photos]) == 1
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["bin"] == "kitchen" and row["item"] == "biological"
+        assert len(row["top"]) == 2 and 0 <= row["confidence"] <= 1
+        assert set(row["bins"]) == {"recyclable", "kitchen", "hazardous", "other"}
+    assert "half.jpg" in caplog.text
+
+
+@needs_data
+def test_threshold_one_makes_everything_uncertain(capsys):
+    assert main(["classify", "--json", "--threshold", "1.0", str(real_photos("paper", 1)[0])]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["uncertain"] and row["bin"] == "other"
+
+
+@needs_data
+def test_eval_on_item_folders_and_on_bin_folders(tmp_path, capsys):
+    items = make_photo_folder(tmp_path / "items", per_class=4, classes=("battery", "cardboard", "trash"))
+    assert main(["eval", "--data", str(items), "--json", "--plots", str(tmp_path / "plots")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["item"]["n"] == 12 and 0 <= result["item"]["balanced_accuracy"] <= 1
+    assert result["bin"]["per_class"]["hazardous"]["support"] == 4
+    assert (tmp_path / "plots" / "confusion_items.png").read_bytes()[:4] == b"\x89PNG"
+
+    bins = tmp_path / "bins"
+    (bins / "hazardous").mkdir(parents=True)
+    (bins / "kitchen").mkdir()
+    for p in real_photos("battery", 3):
+        (bins / "hazardous" / p.name).symlink_to(p)
+    for p in real_photos("biological", 3):
+        (bins / "kitchen" / p.name).symlink_to(p)
+    assert main(["eval", "--data", str(bins)]) == 0
+    out = capsys.readouterr().out
+    assert "bin level" in out and "item level" not in out
+
+
+def test_eval_with_unknown_folders_names_them(tmp_path, capsys):
+    (tmp_path / "spaceships").mkdir()
+    (tmp_path / "spaceships" / "x.jpg").write_bytes(b"x")
+    assert main(["eval", "--data", str(tmp_path)]) == 2
+    assert "['spaceships']" in capsys.readouterr().err
+
+
+def test_errors_are_one_clear_message(tmp_path, capsys):
+    assert main(["classify", "--model", str(tmp_path), "x.jpg"]) == 2
+    err = capsys.readouterr().err
+    assert "model.json is missing" in err and "fix:" in err and "Traceback" not in err
+    bad = tmp_path / "c.yaml"
+    bad.write_text("model: {threshold: 7}\n")
+    assert main(["classify", "--config", str(bad), "x.jpg"]) == 2
+    assert "model.threshold = 7" in capsys.readouterr().err
+    assert main(["classify", "--model", str(SHIPPED), "--threshold", "3", "x.jpg"]) == 2
