@@ -16,7 +16,7 @@ from edge.classifier import Classifier
 from edge.config import DEFAULT_BUNDLE, Config, describe, load_config
 from edge.decision import decide
 from edge.errors import SmartbinError
-from edge.evaluation import confusion_matrix, format_scores, plot_confusion, predicted_bins, scores
+from edge.evaluation import format_scores, plot_confusion, score_predictions
 from edge.images import expand_paths, labelled_images, read_image
 from edge.taxonomy import load_taxonomy
 
@@ -147,15 +147,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def read_eval_folders(data: Path, labels: list[str], taxonomy, limit: int | None):
-    """Decide whether the sub-folders are item labels or bin ids, and list the photos."""
+    """The photos, once every sub-folder is known as a model label, a taxonomy item or a bin."""
     pairs = labelled_images(data)
-    folders = sorted({label for _, label in pairs})
-    if set(folders) <= set(labels):
-        level = "item"
-    elif set(folders) <= set(taxonomy.bin_ids) | set(taxonomy.items):
-        level = "bin"
-    else:
-        unknown = sorted(set(folders) - set(labels) - set(taxonomy.bin_ids) - set(taxonomy.items))
+    folders = {label for _, label in pairs}
+    unknown = sorted(folders - set(labels) - set(taxonomy.bin_ids) - set(taxonomy.items) - taxonomy.ignore)
+    if unknown:
         raise SmartbinError(
             f"{data}: folders {unknown} are neither model labels nor bins of taxonomy {taxonomy.name!r}",
             f"name sub-folders after labels ({', '.join(labels)}) or bins ({', '.join(taxonomy.bin_ids)})",
@@ -165,7 +161,7 @@ def read_eval_folders(data: Path, labels: list[str], taxonomy, limit: int | None
         for path, label in pairs:
             by_label.setdefault(label, []).append((path, label))
         pairs = [pair for group in by_label.values() for pair in group[:limit]]
-    return level, pairs
+    return pairs
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -173,7 +169,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _, classifier = resolve(args)
     taxonomy, labels = classifier.bundle.taxonomy, classifier.labels
-    level, pairs = read_eval_folders(Path(args.data), labels, taxonomy, args.limit)
+    pairs = read_eval_folders(Path(args.data), labels, taxonomy, args.limit)
     probs, truth, skipped = [], [], []
     for path, label in tqdm(pairs, desc="evaluating", unit="photo", disable=None, dynamic_ncols=True):
         try:
@@ -193,16 +189,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "runtime": classifier.runtime,
         "skipped": skipped,
     }
-    bins = taxonomy.bin_ids
-    true_bins = [lab if lab in bins else taxonomy.bin_of(lab) for lab in truth]
-    pred_bins = predicted_bins(probs_arr, labels, taxonomy)
-    if level == "item":
-        cm = confusion_matrix([labels.index(t) for t in truth], probs_arr.argmax(1), len(labels))
-        result["item"] = scores(cm, labels)
-    result["bin"] = scores(
-        confusion_matrix([bins.index(b) for b in true_bins], [bins.index(b) for b in pred_bins], len(bins)),
-        bins,
-    )
+    result.update(score_predictions(probs_arr, truth, labels, taxonomy))
     if args.plots:
         out = Path(args.plots)
         out.mkdir(parents=True, exist_ok=True)

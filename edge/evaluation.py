@@ -109,3 +109,27 @@ def predicted_bins(probs: np.ndarray, labels: Sequence[str], taxonomy: Any) -> l
         bins = bin_probabilities(row, labels, taxonomy)
         result.append(max(bins, key=bins.__getitem__))
     return result
+
+
+def score_predictions(
+    probs: np.ndarray, truth: Sequence[str], labels: Sequence[str], taxonomy: Any
+) -> dict[str, Any]:
+    """Item and bin scores for rows of item probabilities against true labels or bin ids.
+
+    Item scores only when every truth is a model label. Bin scores leave out
+    photos whose truth has no bin (an ``empty`` tray).
+    """
+    labels = list(labels)
+    result: dict[str, Any] = {}
+    if all(t in labels for t in truth):
+        true_items = [labels.index(t) for t in truth]
+        result["item"] = scores(confusion_matrix(true_items, probs.argmax(1), len(labels)), labels)
+    bins = taxonomy.bin_ids
+    true_bins = [t if t in bins and t not in labels else taxonomy.bin_of(t) for t in truth]
+    keep = [i for i, b in enumerate(true_bins) if b is not None]
+    pred_bins = predicted_bins(probs[keep], labels, taxonomy) if keep else []
+    cm = confusion_matrix(
+        [bins.index(true_bins[i]) for i in keep], [bins.index(b) for b in pred_bins], len(bins)
+    )
+    result["bin"] = scores(cm, bins)
+    return result

@@ -2,7 +2,7 @@
 
 This is what makes training practical on a CPU: the frozen part of
 MobileNetV2 is ~90% of the compute and never changes, so it runs once per
-photo (and once per flipped copy) instead of once per epoch.
+photo (and once per mirrored or augmented copy) instead of once per epoch.
 """
 
 from __future__ import annotations
@@ -52,11 +52,13 @@ def cached_activations(
     folder: Path,
     views: int = 2,
     batch_size: int = 64,
+    augment=None,
 ) -> np.ndarray:
     """``(n, views, *front_output)`` float32 activations, memory-mapped from ``folder``.
 
-    View 0 is the photo, view 1 its mirror image. An interrupted run resumes
-    at the first batch not yet written.
+    View 0 is the photo, view 1 its mirror image, and views 2.. are copies
+    through ``augment`` (the same Keras pipeline the full mode trains with).
+    An interrupted run resumes at the first batch not yet written.
     """
     import tensorflow as tf
 
@@ -75,8 +77,10 @@ def cached_activations(
     )
     row = done
     for batch in prepared_batches(remaining, spec, batch_size):
-        stacked = batch if views == 1 else np.concatenate([batch, batch[:, :, ::-1]])
-        out = run_front(tf.constant(stacked, dtype=tf.float32)).numpy()
+        pixels = tf.constant(batch, dtype=tf.float32)
+        copies = [pixels, pixels[:, :, ::-1]][:views]
+        copies += [augment(pixels, training=True) for _ in range(views - len(copies))]
+        out = run_front(tf.concat(copies, axis=0)).numpy()
         n = len(batch)
         acts[row : row + n] = out.reshape(views, n, *shape[2:]).swapaxes(0, 1)
         row += n

@@ -191,7 +191,8 @@ def markdown(rep: dict[str, Any]) -> str:
         f"Mode `{s['mode']}`: phase 1 trains the head ({s['head_epochs']} epochs max, lr {s['head_lr']}), "
         f"phase 2 fine-tunes the last {s['tail_blocks']} blocks ({s['finetune_epochs']} epochs max, "
         f"lr {s['finetune_lr']}) with BatchNorm frozen. Class weighting: {s['class_weighting']}. "
-        f"Mirrored copies: {s['flip']}. Early stopping on validation loss.",
+        f"Cached views per photo: {s['views']} (photo, mirror, augmented copies). "
+        "Early stopping on validation loss.",
         "",
         "| stage | seconds |",
         "|---|---:|",

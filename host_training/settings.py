@@ -46,7 +46,13 @@ class TrainSettings:
     )
     batch_size: int = opt(64, "batch size", lambda n: n >= 1, ">= 1")
     dropout: float = opt(0.5, "dropout before the softmax head", lambda x: 0 <= x < 1, "0 <= x < 1")
-    flip: bool = opt(True, "cached mode: also cache the mirrored photo as a second view")
+    views: int = opt(
+        4,
+        "cached mode: copies of each photo cached: 1 = the photo, 2 = + its mirror image, "
+        "more = + randomly augmented copies (crop, rotation, light, colour, blur)",
+        lambda n: n >= 1,
+        ">= 1",
+    )
     class_weighting: bool = opt(True, "weight classes by inverse frequency (garbage12 is a third clothes)")
     seed: int = opt(0, "seed for the split and the training order")
     fractions: List[float] = field(

@@ -26,7 +26,7 @@ import edge
 from edge.bundle import load_bundle, write_bundle
 from edge.classifier import Classifier
 from edge.errors import SmartbinError
-from edge.evaluation import confusion_matrix, predicted_bins, scores
+from edge.evaluation import score_predictions
 from edge.preprocess import InputSpec
 from edge.taxonomy import Taxonomy, load_taxonomy
 from host_training.data import SPLITS, Split, class_weights, export_subset, make_split
@@ -140,17 +140,20 @@ def train_cached(model, split: Split, labels: list[str], settings: TrainSettings
 
     spec = InputSpec(settings.image_size, settings.image_size)
     front, tail = split_model(model, settings.tail_blocks)
-    views = 2 if settings.flip else 1
+    views = settings.views
     key = cache_key(
         settings.image_size,
         cut_layer_name(model, settings.tail_blocks),
         spec.to_dict(),
         views,
+        settings.seed,
         [p.sha256 for p in split.photos],
     )
     files = [split.file(p) for p in split.photos]
     t0 = time.monotonic()
-    acts = cached_activations(front, files, spec, out / "cache" / key, views, settings.batch_size)
+    acts = cached_activations(
+        front, files, spec, out / "cache" / key, views, settings.batch_size, augmentation(settings.seed)
+    )
     timing = {"feature_cache_s": time.monotonic() - t0, "feature_cache_photos": len(files) * views}
 
     y = np.array([labels.index(p.label) for p in split.photos])
@@ -314,14 +317,10 @@ def evaluate(
             int8_probs.append(predict_int8(classifier, pixels, bar.update))
     float_probs, int8_probs = np.concatenate(float_probs), np.concatenate(int8_probs)
 
-    bins = taxonomy.bin_ids
-    true_bins = [bins.index(taxonomy.bin_of(labels[t])) for t in true]
+    truth = [p.label for p in test]
     result: dict[str, Any] = {"split": "test", "n": len(test), "runtime": classifier.runtime}
     for name, probs in (("float", float_probs), ("int8", int8_probs)):
-        item = scores(confusion_matrix(true, probs.argmax(1), len(labels)), labels)
-        pred_bins = [bins.index(b) for b in predicted_bins(probs, labels, taxonomy)]
-        binned = scores(confusion_matrix(true_bins, pred_bins, len(bins)), bins)
-        result[name] = {"item": item, "bin": binned}
+        result[name] = score_predictions(probs, truth, labels, taxonomy)
     result["parity"] = parity(float_probs, int8_probs, true)
     return result
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from edge.cli import main
-from tests.conftest import SHIPPED, make_photo_folder, needs_data, real_photos
+from tests.conftest import GARBAGE12, SHIPPED, make_photo_folder, needs_data, real_photos
 
 
 def test_help_teaches(capsys):
@@ -46,10 +46,18 @@ def test_classify_json_and_corrupt_photo_is_skipped_by_name(tmp_path, capsys, ca
 
 
 @needs_data
-def test_threshold_one_makes_everything_uncertain(capsys):
-    assert main(["classify", "--json", "--threshold", "1.0", str(real_photos("paper", 1)[0])]) == 0
-    row = json.loads(capsys.readouterr().out)
-    assert row["uncertain"] and row["bin"] == "other"
+def test_threshold_sends_unsure_items_to_the_fallback_bin(capsys):
+    photos = [str(real_photos(p.name, 1)[0]) for p in sorted(GARBAGE12.iterdir())]
+    assert main(["classify", "--json", "--threshold", "1.0", *photos]) == 0
+    strict = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert any(r["uncertain"] for r in strict)
+    for r in strict:
+        assert r["uncertain"] == (r["confidence"] < 1.0)
+        if r["uncertain"]:
+            assert r["bin"] == "other"
+    assert main(["classify", "--json", "--threshold", "0", *photos]) == 0
+    lax = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert not any(r["uncertain"] for r in lax)
 
 
 @needs_data

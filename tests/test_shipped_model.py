@@ -48,3 +48,15 @@ def test_edge_reproduces_the_reported_int8_accuracy_on_the_test_split(tmp_path, 
     assert result["item"]["n"] == meta["metrics"]["n"] == len(split)
     assert abs(result["item"]["accuracy"] - meta["metrics"]["int8_item_accuracy"]) <= 0.002
     assert abs(result["bin"]["accuracy"] - meta["metrics"]["int8_bin_accuracy"]) <= 0.002
+
+
+def test_readme_headline_numbers_are_the_shipped_report():
+    """The README quotes the model card; a retrained model must update both."""
+    result = json.loads((SHIPPED / "report.json").read_text())["result"]
+    readme = (SHIPPED.parent.parent / "README.md").read_text()
+    for row, level in (("item accuracy", "item"), ("four-bin accuracy", "bin")):
+        found = re.search(rf"\| {row} \| ([\d.]+)% \| ([\d.]+)% \|", readme)
+        assert found, f"README has no '{row}' row"
+        assert float(found.group(1)) == pytest.approx(100 * result["float"][level]["accuracy"], abs=0.005)
+        assert float(found.group(2)) == pytest.approx(100 * result["int8"][level]["accuracy"], abs=0.005)
+    assert f"{result['n']:,} photos" in readme

@@ -15,6 +15,11 @@ from tests.conftest import TINY_CLASSES, WEIGHTS, make_photo_folder, needs_data,
 pytestmark = [needs_data, needs_weights]
 
 
+def tiny(data, *rest: str) -> int:
+    """smartbin-train with the tiny preset and the shared weights; ``rest`` is ``"--out", OUT, ...``."""
+    return train(["--preset", "tiny", "--data", str(data), "--weights", str(WEIGHTS), *map(str, rest)])
+
+
 def test_run_writes_a_verified_bundle_and_the_report(tiny_run):
     bundle = load_bundle(tiny_run / "bundle")
     meta = bundle.meta
@@ -110,7 +115,7 @@ def test_a_stopped_run_resumes_from_its_checkpoints(tiny_run, tmp_path, caplog):
     (out / "checkpoints" / "finetune.weights.h5").unlink()
     caplog.set_level("INFO")
     data = json.loads((out / "split.json").read_text())["sources"][0]
-    assert train(["--preset", "tiny", "--data", data, "--out", str(out), "--weights", str(WEIGHTS)]) == 0
+    assert tiny(data, "--out", out) == 0
     assert "reusing the split" in caplog.text
     assert "phase head already finished" in caplog.text
     assert "phase finetune already finished" not in caplog.text
@@ -119,23 +124,8 @@ def test_a_stopped_run_resumes_from_its_checkpoints(tiny_run, tmp_path, caplog):
 
 def test_parity_failure_fails_loudly_and_writes_no_bundle(tiny_data, tmp_path, capsys):
     out = tmp_path / "strict"
-    code = train(
-        [
-            "--preset",
-            "tiny",
-            "--data",
-            str(tiny_data),
-            "--out",
-            str(out),
-            "--weights",
-            str(WEIGHTS),
-            "--min-agreement",
-            "1.01",
-            "--finetune-epochs",
-            "0",
-            "--head-epochs",
-            "1",
-        ]
+    code = tiny(
+        tiny_data, "--out", out, "--min-agreement", "1.01", "--finetune-epochs", "0", "--head-epochs", "1"
     )
     assert code == 2
     err = capsys.readouterr().err
@@ -152,77 +142,55 @@ def test_corrupt_photo_is_skipped_and_named(tmp_path, caplog):
     (data / "battery" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     caplog.set_level("WARNING")
     out = tmp_path / "run"
-    code = train(
-        [
-            "--preset",
-            "tiny",
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--weights",
-            str(WEIGHTS),
-            "--head-epochs",
-            "1",
-            "--finetune-epochs",
-            "0",
-        ]
-    )
+    code = tiny(data, "--out", out, "--head-epochs", "1", "--finetune-epochs", "0")
     assert code == 0
     assert "broken.jpg" in caplog.text
     assert any(s.endswith("broken.jpg") for s in Split.load(out / "split.json").skipped)
 
 
-def run_expecting_error(args, capsys) -> str:
-    assert train(args) == 2
-    return capsys.readouterr().err
+def tiny_error(capsys, data, *rest) -> str:
+    """Run the tiny preset expecting a clean failure (exit 2); the error text."""
+    assert tiny(data, *rest) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "fix:" in err
+    return err
 
 
 def test_empty_class_folder_is_an_error(tmp_path, capsys):
     data = make_photo_folder(tmp_path / "photos", per_class=3)
     (data / "metal").mkdir()
-    err = run_expecting_error(
-        ["--data", str(data), "--out", str(tmp_path / "r"), "--weights", str(WEIGHTS)], capsys
-    )
+    err = tiny_error(capsys, data, "--out", tmp_path / "r")
     assert "metal" in err and "has no images" in err
 
 
 def test_label_unknown_to_the_taxonomy_is_an_error(tmp_path, capsys):
     data = make_photo_folder(tmp_path / "photos", per_class=3)
     (data / "battery").rename(data / "batteries")
-    err = run_expecting_error(
-        ["--data", str(data), "--out", str(tmp_path / "r"), "--weights", str(WEIGHTS)], capsys
-    )
+    err = tiny_error(capsys, data, "--out", tmp_path / "r")
     assert "['batteries']" in err and "not in taxonomy" in err
 
 
 def test_missing_weights_is_an_error(tmp_path, capsys):
     data = make_photo_folder(tmp_path / "photos", per_class=3)
-    err = run_expecting_error(
-        ["--data", str(data), "--out", str(tmp_path / "r"), "--weights", str(tmp_path / "nope.h5")], capsys
-    )
+    err = tiny_error(capsys, data, "--out", tmp_path / "r", "--weights", tmp_path / "nope.h5")
     assert "nope.h5 does not exist" in err
 
 
 def test_wrong_shape_weights_is_an_error(tmp_path, capsys):
     import keras
 
-    wrong = tmp_path / "wrong.h5"
     small = keras.applications.MobileNetV2(
         input_shape=(96, 96, 3), alpha=0.35, include_top=False, weights=None
     )
     small.save_weights(str(tmp_path / "wrong.weights.h5"))
-    Path(tmp_path / "wrong.weights.h5").rename(wrong)
+    wrong = (tmp_path / "wrong.weights.h5").rename(tmp_path / "wrong.h5")
     data = make_photo_folder(tmp_path / "photos", per_class=6)
-    err = run_expecting_error(
-        ["--preset", "tiny", "--data", str(data), "--out", str(tmp_path / "r"), "--weights", str(wrong)],
-        capsys,
-    )
+    err = tiny_error(capsys, data, "--out", tmp_path / "r", "--weights", wrong)
     assert "does not fit MobileNetV2" in err
 
 
 def test_bad_settings_name_the_key(tmp_path, capsys):
-    err = run_expecting_error(["--data", "x", "--mode", "turbo", "--out", str(tmp_path)], capsys)
+    err = tiny_error(capsys, "x", "--mode", "turbo", "--out", tmp_path)
     assert "mode = 'turbo'" in err and "cached or full" in err
 
 
@@ -231,3 +199,40 @@ def test_help_teaches(capsys):
         train(["--help"])
     out = capsys.readouterr().out
     assert "examples:" in out and "--tail-blocks" in out and "resumes" in out
+
+
+def bare_tray_photos(folder: Path, n: int) -> None:
+    """Stand-ins for photos of the empty tray: a lit grey surface with sensor noise."""
+    import cv2
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        light = np.linspace(90 + 3 * i, 170, 200)[None, :, None]
+        image = np.clip(light + rng.normal(0, 6, (200, 200, 3)), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"tray{i}.png"), image)
+
+
+def test_full_mode_with_augmentation_and_an_empty_label(tmp_path, capsys):
+    """The workstation path (tf.data, augmentation, all blocks) and the `empty` label, on the CPU."""
+    data = make_photo_folder(tmp_path / "photos", per_class=10)
+    bare_tray_photos(data / "empty", 10)
+    out = tmp_path / "run"
+    code = tiny(data, "--out", out, "--mode", "full", "--tail-blocks", "-1", "--float16")
+    assert code == 0
+    bundle = load_bundle(out / "bundle")
+    assert "empty" in bundle.labels
+    report = json.loads((out / "report.json").read_text())
+    assert "empty" not in report["result"]["int8"]["bin"]["labels"]
+    n_empty = report["split"]["counts"]["test"]["empty"]
+    assert report["result"]["int8"]["bin"]["n"] == report["result"]["n"] - n_empty
+    assert (out / "model_fp16.tflite").stat().st_size > 0
+    capsys.readouterr()
+    assert (
+        smartbin(["eval", "--data", str(out / "test_split"), "--model", str(out / "bundle"), "--json"]) == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["item"]["accuracy"] == pytest.approx(
+        report["result"]["int8"]["item"]["accuracy"], abs=0.002
+    )
