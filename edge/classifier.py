@@ -34,7 +34,8 @@ def interpreter_class() -> tuple[Any, str]:
             module = importlib.import_module(module_name)
         except ImportError:
             continue
-        return module.Interpreter, package
+        if hasattr(module, "Interpreter"):  # TensorFlow >= 2.20 moved it out, to LiteRT
+            return module.Interpreter, package
     raise SmartbinError(
         "no TFLite interpreter is installed",
         "pip install 'smartbin[edge]' (ai-edge-litert); on 32-bit Pi OS use "

@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 from tqdm import tqdm
 
@@ -65,8 +66,6 @@ def prepare_split(settings: TrainSettings, out: Path) -> Split:
 
 
 def keras_callbacks(out: Path, phase: str, patience: int) -> list:
-    import keras
-
     return [
         keras.callbacks.BackupAndRestore(str(out / "checkpoints" / phase)),
         keras.callbacks.CSVLogger(str(out / f"history_{phase}.csv"), append=True),
@@ -75,8 +74,6 @@ def keras_callbacks(out: Path, phase: str, patience: int) -> list:
 
 
 def compile_for(model, lr: float) -> None:
-    import keras
-
     model.compile(
         optimizer=keras.optimizers.Adam(lr),
         loss="sparse_categorical_crossentropy",
@@ -103,39 +100,31 @@ def run_phase(model, out: Path, phase: str, trainee, patience: int, **fit_args) 
     model.save_weights(done)
 
 
-class CachedBatches:
-    """Batches of cached activations; each photo shows a random view (photo or mirror) per epoch."""
+class CachedBatches(keras.utils.PyDataset):
+    """Cached activations in batches; each photo shows one random view per epoch."""
 
-    def __new__(cls, *args, **kwargs):
-        import keras
+    def __init__(self, acts, rows, y, weights, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.acts, self.rows, self.y, self.w = acts, rows, y, weights
+        self.batch_size, self.rng = batch_size, np.random.default_rng(seed)
+        self.on_epoch_end()
 
-        class _Batches(keras.utils.PyDataset):
-            def __init__(self, acts, rows, y, weights, batch_size, seed):
-                super().__init__()
-                self.acts, self.rows, self.y, self.w = acts, rows, y, weights
-                self.batch_size, self.rng = batch_size, np.random.default_rng(seed)
-                self.on_epoch_end()
+    def __len__(self) -> int:
+        return math.ceil(len(self.rows) / self.batch_size)
 
-            def __len__(self):
-                return math.ceil(len(self.rows) / self.batch_size)
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(self.rows)
+        self.views = self.rng.integers(0, self.acts.shape[1], len(self.rows))
 
-            def on_epoch_end(self):
-                self.order = self.rng.permutation(self.rows)
-                self.views = self.rng.integers(0, self.acts.shape[1], len(self.rows))
-
-            def __getitem__(self, i):
-                sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-                rows = self.order[sl]
-                sort = np.argsort(rows)
-                rows, views = rows[sort], self.views[sl][sort]
-                return self.acts[rows, views], self.y[rows], self.w[rows]
-
-        return _Batches(*args, **kwargs)
+    def __getitem__(self, i: int):
+        sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        rows, views = self.order[sl], self.views[sl]
+        sort = np.argsort(rows)  # memory-mapped rows read faster in order
+        rows, views = rows[sort], views[sort]
+        return self.acts[rows, views], self.y[rows], self.w[rows]
 
 
 def train_cached(model, split: Split, labels: list[str], settings: TrainSettings, out: Path):
-    import keras
-
     from host_training.model import cut_layer_name, set_trainable, split_model
 
     spec = InputSpec(settings.image_size, settings.image_size)
@@ -215,8 +204,6 @@ def train_cached(model, split: Split, labels: list[str], settings: TrainSettings
 
 def augmentation(seed: int):
     """What a bin camera varies: position, angle, scale, light, colour, focus."""
-    import keras
-
     layers = keras.layers
     return keras.Sequential(
         [
@@ -288,7 +275,6 @@ def train_full(model, split: Split, labels: list[str], settings: TrainSettings, 
 
 def distribution_strategy(mode: str):
     """Mixed precision on GPUs that support it; MirroredStrategy across several GPUs."""
-    import keras
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -326,7 +312,6 @@ def evaluate(
 
 
 def tool_versions() -> dict[str, str]:
-    import keras
     import tensorflow as tf
 
     return {
@@ -371,8 +356,6 @@ def run(settings: TrainSettings) -> Path:
             )
     export_subset(split, "test", out / "test_split")
     log.info("split: %s", {s: sum(c.values()) for s, c in split.counts().items()})
-
-    import keras
 
     keras.utils.set_random_seed(settings.seed)
     strategy = distribution_strategy(settings.mode)
