@@ -267,6 +267,7 @@ def train_full(model, split: Split, labels: list[str], settings: TrainSettings, 
             x=train_ds,
             validation_data=val_ds,
             epochs=epochs,
+            shuffle=False,  # train_ds shuffles itself
             verbose=1,
         )
         timing[f"{phase}_s"] = time.monotonic() - t0
