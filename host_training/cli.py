@@ -14,8 +14,8 @@ from host_training.settings import TrainSettings, load_settings
 
 EPILOG = """\
 examples:
-  # the shipped default model, on this CPU (about 30 minutes on 2 cores)
-  smartbin-train --data ../shared/datasets/garbage12 --out runs/garbage12
+  # the shipped default model, on a CPU (about 11 minutes on 2 cores)
+  smartbin-train --data ../shared/datasets/garbage12 --out runs/garbage12 --model-id garbage12-mnv2
 
   # your own photos added to a public set, on a GPU workstation with augmentation
   smartbin-train --preset workstation --data ../shared/datasets/garbage12 --data my-bin-photos
@@ -27,7 +27,7 @@ Stopped? Run the same command again: it resumes from the run folder.
 The run folder holds split.json, report.md (the model card), report.json,
 curves.png, confusion_*.png, test_split/ (for `smartbin eval`) and bundle/
 (model.tflite + model.json, ready for the bin).
-Presets live in config/training/; flags override them.
+Without --preset the defaults below apply; presets (config/training/) and flags override them.
 """
 
 
