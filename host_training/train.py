@@ -100,6 +100,52 @@ def run_phase(model, out: Path, phase: str, trainee, patience: int, **fit_args) 
     model.save_weights(done)
 
 
+def targets(split: Split, labels: list[str], settings: TrainSettings):
+    """Label index per photo, photo rows per split, and each photo's class weight."""
+    y = np.array([labels.index(p.label) for p in split.photos])
+    rows = {s: np.array([i for i, a in enumerate(split.assignment) if a == s]) for s in SPLITS}
+    w = np.ones(len(y), np.float32)
+    if settings.class_weighting:
+        cw = class_weights(y[rows["train"]], len(labels))
+        w = np.array([cw[c] for c in y], dtype=np.float32)
+    return y, rows, w
+
+
+# Settings that change what is trained; a resumed run must not change them.
+TRAINING_KEYS = (
+    "mode",
+    "image_size",
+    "tail_blocks",
+    "head_epochs",
+    "head_lr",
+    "finetune_epochs",
+    "finetune_lr",
+    "batch_size",
+    "dropout",
+    "views",
+    "class_weighting",
+    "seed",
+    "taxonomy",
+)
+
+
+def check_resume(out: Path, settings: TrainSettings) -> None:
+    """Refuse to resume checkpoints that were trained with other settings."""
+    path = out / "settings.json"
+    current = asdict(settings)
+    if path.exists() and (out / "checkpoints").exists():
+        before = json.loads(path.read_text())
+        changed = [
+            f"{k} {before.get(k)!r} -> {current[k]!r}" for k in TRAINING_KEYS if before.get(k) != current[k]
+        ]
+        if changed:
+            raise SmartbinError(
+                f"run folder {out} holds checkpoints trained with other settings ({', '.join(changed)})",
+                "use another --out for these settings, or delete the folder's checkpoints/ to train again",
+            )
+    path.write_text(json.dumps(current, indent=2) + "\n")
+
+
 class CachedBatches(keras.utils.PyDataset):
     """Cached activations in batches; each photo shows one random view per epoch."""
 
@@ -145,10 +191,7 @@ def train_cached(model, split: Split, labels: list[str], settings: TrainSettings
     )
     timing = {"feature_cache_s": time.monotonic() - t0, "feature_cache_photos": len(files) * views}
 
-    y = np.array([labels.index(p.label) for p in split.photos])
-    rows = {s: np.array([i for i, a in enumerate(split.assignment) if a == s]) for s in SPLITS}
-    cw = class_weights(y[rows["train"]], len(labels)) if settings.class_weighting else None
-    w = np.array([cw[c] for c in y], dtype=np.float32) if cw else np.ones(len(y), np.float32)
+    y, rows, w = targets(split, labels, settings)
 
     pool = model.get_layer("pool").output
     if settings.tail_blocks == 0:
@@ -227,10 +270,7 @@ def train_full(model, split: Split, labels: list[str], settings: TrainSettings, 
     from host_training.model import set_trainable
 
     spec = InputSpec(settings.image_size, settings.image_size)
-    y = np.array([labels.index(p.label) for p in split.photos])
-    rows = {s: np.array([i for i, a in enumerate(split.assignment) if a == s]) for s in SPLITS}
-    cw = class_weights(y[rows["train"]], len(labels)) if settings.class_weighting else None
-    w = np.array([cw[c] for c in y], dtype=np.float32) if cw else np.ones(len(y), np.float32)
+    y, rows, w = targets(split, labels, settings)
 
     t0 = time.monotonic()
     pixels = {
@@ -338,6 +378,7 @@ def run(settings: TrainSettings) -> Path:
         raise SmartbinError("no training data given", "pass --data FOLDER (one sub-folder per label)")
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
+    check_resume(out, settings)
     started = time.monotonic()
     taxonomy = load_taxonomy(settings.taxonomy)
     weights = resolve_weights(settings.weights)
@@ -432,5 +473,4 @@ def run(settings: TrainSettings) -> Path:
     shutil.rmtree(candidate)
     if settings.float16:
         (out / "model_fp16.tflite").write_bytes(convert(model, calibration, "float16"))
-    (out / "settings.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
     return bundle_dir

@@ -122,6 +122,14 @@ def test_a_stopped_run_resumes_from_its_checkpoints(tiny_run, tmp_path, caplog):
     assert load_bundle(out / "bundle").labels == sorted(TINY_CLASSES)
 
 
+def test_resuming_with_other_training_settings_is_refused(tiny_run, tmp_path, capsys):
+    out = tmp_path / "changed"
+    shutil.copytree(tiny_run, out, symlinks=True)
+    data = json.loads((out / "split.json").read_text())["sources"][0]
+    err = tiny_error(capsys, data, "--out", out, "--tail-blocks", "2")
+    assert "tail_blocks 1 -> 2" in err and "another --out" in err
+
+
 def test_parity_failure_fails_loudly_and_writes_no_bundle(tiny_data, tmp_path, capsys):
     out = tmp_path / "strict"
     code = tiny(
