@@ -8,7 +8,6 @@ a workstation. TensorFlow is never imported when either runtime is present.
 from __future__ import annotations
 
 import importlib
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,6 @@ import numpy as np
 from edge.bundle import Bundle
 from edge.errors import SmartbinError
 from edge.preprocess import dequantize, prepare, quantize
-
-log = logging.getLogger(__name__)
 
 RUNTIMES = (
     ("ai_edge_litert.interpreter", "ai-edge-litert"),

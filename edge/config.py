@@ -19,7 +19,6 @@ from edge.errors import SmartbinError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = REPO_ROOT / "models" / "garbage12-mnv2"
-DEFAULT_CONFIG = Path("/etc/smartbin/smartbin.yaml")
 
 
 def opt(default: Any, help: str, check: Callable[[Any], bool] | None = None, expect: str = ""):

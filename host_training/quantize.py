@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 from typing import Callable, Iterator
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 
 def convert(model, calibration: np.ndarray, kind: str = "int8") -> bytes:
