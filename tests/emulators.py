@@ -1,0 +1,185 @@
+"""Servo controllers emulated on the far end of a real pseudo-terminal.
+
+The driver under test opens the pty's slave path with pyserial, exactly as it
+opens /dev/ttyACM0 on a bin; these emulators sit on the master side and speak
+the real byte protocols. ``mode`` switches on the faults a field unit shows.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import tty
+
+
+class PtyEmulator:
+    """Base: a pty pair and a thread that feeds received bytes to ``handle``."""
+
+    def __init__(self, mode: str = "ok") -> None:
+        self.mode = mode
+        self.master, slave = os.openpty()
+        tty.setraw(slave)
+        self.port = os.ttyname(slave)
+        self._slave = slave  # kept open so the pty stays up between driver opens
+        self.received = bytearray()
+        self._stop = threading.Event()
+        self.closed = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and not self.closed:
+            ready, _, _ = select.select([self.master], [], [], 0.02)
+            if not ready:
+                continue
+            try:
+                data = os.read(self.master, 256)
+            except OSError:
+                return
+            self.received += data
+            self.handle(data)
+
+    def send(self, data: bytes) -> None:
+        if not self.closed:
+            os.write(self.master, data)
+
+    def unplug(self) -> None:
+        """The USB cable is pulled: the controller's end of the line disappears."""
+        if not self.closed:
+            self.closed = True
+            os.close(self.master)
+            os.close(self._slave)
+
+    def handle(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+        self.unplug()
+
+
+# Bytes that follow each Maestro command byte.
+MAESTRO_PAYLOAD = {0x84: 3, 0x87: 3, 0x89: 3, 0x90: 1, 0x93: 0, 0xA1: 0}
+
+
+class MaestroEmulator(PtyEmulator):
+    """A Pololu Maestro: compact and addressed Pololu protocol, positions in quarter-µs.
+
+    Modes: ok, silent, partial (one byte of a two-byte reply), stuck (the servo
+    never reaches its target), errors (error bits set), unplug_on_move.
+    """
+
+    def __init__(self, mode: str = "ok", device: int = 12, error_bits: int = 0) -> None:
+        self.device, self.error_bits = device, error_bits
+        self.targets: dict[int, int] = {}
+        self.positions: dict[int, int] = {}
+        self.commands: list[bytes] = []
+        self._buffer = bytearray()
+        super().__init__(mode)
+
+    def handle(self, data: bytes) -> None:
+        self._buffer += data
+        while self._buffer:
+            start = self._buffer[0]
+            if start == 0xAA:
+                if len(self._buffer) < 3:
+                    return
+                command, head = self._buffer[2] | 0x80, 3
+                if self._buffer[1] != self.device:
+                    need = head + MAESTRO_PAYLOAD.get(command, 0)
+                    if len(self._buffer) < need:
+                        return
+                    del self._buffer[:need]  # another board's command
+                    continue
+            else:
+                command, head = start, 1
+            need = head + MAESTRO_PAYLOAD.get(command, 0)
+            if command not in MAESTRO_PAYLOAD:
+                self.error_bits |= 1 << 4  # serial protocol error
+                del self._buffer[:1]
+                continue
+            if len(self._buffer) < need:
+                return
+            frame = bytes(self._buffer[:need])
+            del self._buffer[:need]
+            self.commands.append(frame)
+            self.execute(command, frame[head:])
+
+    def execute(self, command: int, payload: bytes) -> None:
+        if command == 0x84:
+            channel, target = payload[0], payload[1] | payload[2] << 7
+            self.targets[channel] = target
+            if self.mode == "unplug_on_move":
+                self.unplug()
+                return
+            if self.mode != "stuck":
+                self.positions[channel] = target
+            return
+        if command in (0x87, 0x89):
+            return
+        if self.mode == "silent":
+            return
+        if command == 0x90:
+            reply = self.positions.get(payload[0], 6000).to_bytes(2, "little")
+        elif command == 0x93:
+            reply = bytes((int(self.targets != self.positions),))
+        else:
+            bits = self.error_bits if self.mode != "errors" else self.error_bits | 0b10
+            reply = bits.to_bytes(2, "little")
+            self.error_bits = 0  # reading the errors clears them, as on the real board
+        self.send(reply[:1] if self.mode == "partial" else reply)
+
+
+class LineEmulator(PtyEmulator):
+    """A microcontroller running our line-protocol firmware (docs/line-protocol.md).
+
+    Modes: ok, silent, garbage, partial (a reply without its newline),
+    refuse (every move answered with an error), unplug_on_move.
+    """
+
+    NAME, VERSION, MIN_US, MAX_US = "smartbin-servo", "0.1.0", 500, 2500
+
+    def __init__(self, mode: str = "ok") -> None:
+        self._buffer = bytearray()
+        self.positions: dict[int, int] = {}
+        self.lines: list[str] = []
+        super().__init__(mode)
+
+    def handle(self, data: bytes) -> None:
+        self._buffer += data
+        while b"\n" in self._buffer:
+            line, _, rest = bytes(self._buffer).partition(b"\n")
+            self._buffer = bytearray(rest)
+            self.lines.append(line.decode("ascii", "replace").strip())
+            self.reply(self.lines[-1])
+
+    def reply(self, line: str) -> None:
+        if self.mode == "silent":
+            return
+        if self.mode == "garbage":
+            self.send(b"\xff\xfe\x00garbage\n")
+            return
+        words = line.split()
+        command, args = (words[0], words[1:]) if words else ("", [])
+        if command == "PING":
+            answer = f"OK PONG {self.NAME} {self.VERSION}"
+        elif command == "MOVE" and len(args) == 2 and all(a.isdigit() for a in args):
+            channel, pulse = int(args[0]), int(args[1])
+            if self.mode == "unplug_on_move":
+                self.unplug()
+                return
+            if self.mode == "refuse" or not self.MIN_US <= pulse <= self.MAX_US:
+                answer = f"ERR 3 pulse {pulse} outside {self.MIN_US}..{self.MAX_US}"
+            else:
+                self.positions[channel] = pulse
+                answer = f"OK {channel} {pulse}"
+        elif command in ("POS", "DETACH") and len(args) == 1 and args[0].isdigit():
+            channel = int(args[0])
+            answer = f"OK {channel} {self.positions.get(channel, 0)}" if command == "POS" else f"OK {channel}"
+        elif command == "ERRORS":
+            answer = "OK 0"
+        else:
+            answer = f"ERR 1 unknown command {command}"
+        self.send(answer.encode("ascii") + (b"" if self.mode == "partial" else b"\n"))

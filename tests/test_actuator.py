@@ -1,0 +1,203 @@
+"""The actuator over real pseudo-terminals, against emulators speaking the real byte protocols."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+
+import pytest
+
+from edge.actuator import (
+    Actuator,
+    ActuatorFault,
+    Calibration,
+    LineController,
+    Link,
+    MaestroController,
+    decode_maestro_errors,
+    get_errors,
+    get_moving_state,
+    get_position,
+    set_acceleration,
+    set_speed,
+    set_target,
+)
+from edge.errors import SmartbinError
+from tests.emulators import LineEmulator, MaestroEmulator
+
+CAL = Calibration(
+    channel=0,
+    home_us=1500,
+    min_us=1000,
+    max_us=2000,
+    bins={"recyclable": 1100, "kitchen": 1300, "hazardous": 1700, "other": 1900},
+    move_timeout_s=0.3,
+    dwell_s=0.0,
+)
+
+
+@pytest.fixture()
+def emulator(request):
+    kind, mode = request.param
+    emu = (MaestroEmulator if kind == "maestro" else LineEmulator)(mode)
+    yield emu
+    emu.stop()
+
+
+def controller_for(emu, timeout_s: float = 0.2, device: int | None = None):
+    link = Link(emu.port, 115200, timeout_s)
+    return MaestroController(link, device) if isinstance(emu, MaestroEmulator) else LineController(link)
+
+
+# --- encoding -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "channel, us, expected",
+    [
+        (0, 1500, "84 00 70 2e"),  # the Pololu manual's example
+        (5, 1000, "84 05 20 1f"),
+        (23, 2000, "84 17 40 3e"),
+        (1, 0, "84 01 00 00"),  # 0 = stop sending pulses
+        (2, 31.75, "84 02 7f 00"),  # 127 quarter-µs: low byte full, high byte empty
+        (2, 32, "84 02 00 01"),  # 128: the 7-bit carry
+        (3, 4095.75, "84 03 7f 7f"),  # the largest 14-bit target
+    ],
+)
+def test_set_target_bytes(channel, us, expected):
+    assert set_target(channel, us).hex(" ") == expected
+
+
+def test_other_commands_bytes():
+    assert set_speed(1, 140).hex(" ") == "87 01 0c 01"
+    assert set_acceleration(4, 3).hex(" ") == "89 04 03 00"
+    assert get_position(2).hex(" ") == "90 02"
+    assert get_moving_state().hex(" ") == "93"
+    assert get_errors().hex(" ") == "a1"
+    assert set_target(0, 1500, device=12).hex(" ") == "aa 0c 04 00 70 2e"
+    assert get_position(2, device=12).hex(" ") == "aa 0c 10 02"
+    with pytest.raises(ValueError):
+        set_target(0, 4096)
+
+
+def test_error_bits_decode_to_names():
+    assert decode_maestro_errors(0) == []
+    assert decode_maestro_errors(0b1) == ["serial signal error"]
+    assert decode_maestro_errors(0b10010) == ["serial overrun error", "serial protocol error"]
+    assert decode_maestro_errors(1 << 8) == ["script program counter error"]
+    assert decode_maestro_errors(1 << 12) == ["unknown error bits 0x1000"]
+
+
+# --- happy paths --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("emulator", [("maestro", "ok"), ("line", "ok")], indirect=True)
+def test_sort_moves_to_the_bin_and_returns_home(emulator):
+    actuator = Actuator(controller_for(emulator), CAL)
+    assert "Maestro" in actuator.controller.ping() or "smartbin-servo 0.1.0" in actuator.controller.ping()
+    actuator.sort("hazardous")
+    if isinstance(emulator, MaestroEmulator):
+        targets = [c.hex(" ") for c in emulator.commands if c[0] == 0x84]
+        assert targets == [set_target(0, 1700).hex(" "), set_target(0, 1500).hex(" ")]
+        assert emulator.positions[0] == 6000
+    else:
+        moves = [line for line in emulator.lines if line.startswith("MOVE")]
+        assert moves == ["MOVE 0 1700", "MOVE 0 1500"]
+    actuator.controller.close()
+
+
+def test_addressed_protocol_reaches_only_its_board():
+    emu = MaestroEmulator(device=12)
+    try:
+        ours = MaestroController(Link(emu.port, 115200, 0.2), device=12)
+        ours.move(1, 1200, 0.3)
+        assert emu.positions[1] == 4800
+        other = MaestroController(Link(emu.port, 115200, 0.1), device=7)
+        with pytest.raises(ActuatorFault, match="sent nothing"):
+            other.move(1, 1800, 0.1)
+        assert emu.positions[1] == 4800
+    finally:
+        emu.stop()
+
+
+# --- limits -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("emulator", [("maestro", "ok")], indirect=True)
+def test_targets_outside_the_limits_are_refused_not_clamped(emulator):
+    bad = Calibration(0, 1500, 1000, 2000, {"other": 2400}, 0.3, 0.0)
+    actuator = Actuator(controller_for(emulator), bad)
+    with pytest.raises(ActuatorFault, match="2400 µs is outside the calibrated limits 1000–2000"):
+        actuator.sort("other")
+    with pytest.raises(ActuatorFault, match="no calibrated position"):
+        actuator.sort("compost")
+    assert not any(c[0] == 0x84 for c in emulator.commands)
+
+
+# --- faults -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "emulator, words",
+    [
+        (("maestro", "silent"), "sent nothing"),
+        (("maestro", "partial"), "sent 1 of 2 bytes"),
+        (("maestro", "stuck"), "is at 1500 µs, not 1700 µs"),
+        (("maestro", "errors"), "Maestro reports: serial overrun error"),
+        (("line", "silent"), "sent nothing"),
+        (("line", "garbage"), "garbage"),
+        (("line", "partial"), "partial reply"),
+        (("line", "refuse"), "refused 'MOVE 0 1700': 3 pulse 1700 outside"),
+    ],
+    indirect=["emulator"],
+)
+def test_faults_are_named_and_never_reported_as_done(emulator, words):
+    actuator = Actuator(controller_for(emulator), CAL)
+    with pytest.raises(ActuatorFault) as fault:
+        actuator.sort("hazardous")
+    assert words in fault.value.reason
+
+
+@pytest.mark.parametrize(
+    "emulator", [("maestro", "unplug_on_move"), ("line", "unplug_on_move")], indirect=True
+)
+def test_port_vanishing_mid_move_is_a_failed_move(emulator):
+    controller = controller_for(emulator)
+    with pytest.raises(ActuatorFault) as fault:
+        controller.move(0, 1700, 0.3)
+    assert emulator.closed
+    assert "vanished" in fault.value.reason or "sent nothing" in fault.value.reason
+
+
+def test_unplugging_during_a_dwell_fails_the_return_home():
+    emu = MaestroEmulator()
+    cal = Calibration(0, 1500, 1000, 2000, {"kitchen": 1300}, 0.3, dwell_s=0.3)
+    actuator = Actuator(controller_for(emu), cal)
+    threading.Timer(0.1, emu.unplug).start()
+    with pytest.raises(ActuatorFault):
+        actuator.sort("kitchen")
+    emu.stop()
+
+
+def test_missing_port_names_the_fix(tmp_path):
+    with pytest.raises(SmartbinError) as err:
+        Link(str(tmp_path / "ttyACM9"), 115200, 0.1)
+    assert "does not exist" in err.value.problem and "/dev/serial/by-id" in err.value.fix
+
+
+def test_forbidden_port_hints_at_dialout():
+    """Opened as a user outside the pty's group, as the daemon's user is outside dialout."""
+    emu = MaestroEmulator()
+    os.chmod(emu.port, stat.S_IRUSR | stat.S_IWUSR)
+    as_root = os.geteuid() == 0
+    try:
+        if as_root:
+            os.seteuid(65534)  # nobody; the real uid stays root, so it can come back
+        with pytest.raises(SmartbinError) as err:
+            Link(emu.port, 115200, 0.1)
+    finally:
+        if as_root:
+            os.seteuid(0)
+        emu.stop()
+    assert "not permitted" in err.value.problem and "dialout" in err.value.fix
