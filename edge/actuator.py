@@ -22,6 +22,7 @@ from typing import Protocol
 
 import serial
 
+from edge.config import ServoConfig
 from edge.errors import SmartbinError
 
 # Pololu Maestro compact protocol commands.
@@ -261,6 +262,16 @@ class LineController:
             )
         return f"{words[1]} {words[2]} (line protocol)"
 
+    def wait_ready(self, startup_s: float) -> str:
+        """Ping until the firmware answers: opening the port resets an Arduino (~1.5 s bootloader)."""
+        deadline = time.monotonic() + startup_s
+        while True:
+            try:
+                return self.ping()
+            except ActuatorFault:
+                if time.monotonic() > deadline:
+                    raise
+
     def move(self, channel: int, pulse_us: float, timeout_s: float) -> None:
         words = self.request(f"MOVE {channel} {round(pulse_us)}")
         if words != [str(channel), str(round(pulse_us))]:
@@ -273,6 +284,20 @@ class LineController:
 
     def close(self) -> None:
         self.link.close()
+
+
+def open_controller(cfg: ServoConfig) -> Controller:
+    """Open the configured port and controller; a line controller is waited for until it answers."""
+    link = Link(cfg.port, cfg.baud, cfg.reply_timeout_s)
+    if cfg.protocol == "maestro":
+        return MaestroController(link, cfg.device_number, cfg.tolerance_us)
+    controller = LineController(link)
+    try:
+        controller.wait_ready(cfg.startup_s)
+    except ActuatorFault:
+        link.close()
+        raise
+    return controller
 
 
 # --- The actuator ---------------------------------------------------------------
@@ -289,6 +314,12 @@ class Calibration:
     bins: dict[str, float]
     move_timeout_s: float = 2.0
     dwell_s: float = 0.8
+
+    @classmethod
+    def from_config(cls, cfg: ServoConfig) -> Calibration:
+        return cls(
+            cfg.channel, cfg.home_us, cfg.min_us, cfg.max_us, dict(cfg.bins), cfg.move_timeout_s, cfg.dwell_s
+        )
 
     def target(self, bin_id: str) -> float:
         if bin_id not in self.bins:

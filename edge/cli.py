@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from edge import servo_cli
 from edge.bundle import load_bundle
 from edge.classifier import Classifier
 from edge.config import DEFAULT_BUNDLE, Config, describe, load_config
@@ -28,6 +29,7 @@ examples:
   smartbin classify photos/ --json             every photo in a folder, as JSON lines
   smartbin eval --data runs/garbage12/test_split --plots out/
                                                accuracy on labelled photos
+  smartbin servo cycle                         visit every bin (after installation)
   smartbin config                              every config key with its default
 
 The model is the bundle shipped in models/ unless --model or the config's
@@ -77,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     p.add_argument("--plots", metavar="DIR", help="write confusion matrix PNGs here (needs matplotlib)")
     p.add_argument("--limit", type=int, help="at most this many photos per folder")
+
+    servo_cli.add_parser(sub)
 
     sub.add_parser(
         "config",
@@ -214,7 +218,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
-COMMANDS = {"classify": cmd_classify, "eval": cmd_eval}
+COMMANDS = {"classify": cmd_classify, "eval": cmd_eval, "servo": servo_cli.run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,10 +8,11 @@ description (``smartbin config`` prints them all).
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import yaml
 
@@ -50,6 +51,60 @@ class ModelConfig:
     top_k: int = opt(3, "how many items `classify` lists per photo", lambda n: n >= 1, ">= 1")
 
 
+MAESTRO_BY_ID = (
+    "/dev/serial/by-id/usb-Pololu_Corporation_Pololu_Micro_Maestro_6-Servo_Controller_00012345-if00"
+)
+
+
+@dataclass
+class ServoConfig:
+    protocol: str = opt(
+        "maestro",
+        "maestro (Pololu Maestro) or line (our microcontroller firmware, deploy/firmware/)",
+        lambda p: p in ("maestro", "line"),
+        "maestro or line",
+    )
+    port: str = opt(MAESTRO_BY_ID, "serial port, by its stable path: ls /dev/serial/by-id/")
+    baud: int = opt(115200, "baud rate (the line firmware uses 115200)", lambda n: n > 0, "> 0")
+    device_number: Optional[int] = opt(
+        None, "maestro: board number for the addressed Pololu protocol (daisy chains); empty = compact"
+    )
+    channel: int = opt(0, "servo channel on the controller", lambda n: 0 <= n <= 23, "0 to 23")
+    home_us: float = opt(1500.0, "pulse width (µs) of the home position, tray level")
+    min_us: float = opt(1000.0, "lowest pulse width (µs) the mechanism allows")
+    max_us: float = opt(2000.0, "highest pulse width (µs) the mechanism allows")
+    bins: Dict[str, float] = field(
+        default_factory=lambda: {
+            "recyclable": 1100.0,
+            "kitchen": 1300.0,
+            "hazardous": 1700.0,
+            "other": 1900.0,
+        },
+        metadata={"help": "pulse width (µs) that tips the tray into each bin (smartbin servo calibrate)"},
+    )
+    tolerance_us: float = opt(10.0, "maestro: read-back position within this many µs counts as arrived")
+    reply_timeout_s: float = opt(0.5, "seconds to wait for each controller reply", lambda x: x > 0, "> 0")
+    move_timeout_s: float = opt(2.0, "seconds a move may take before it is a fault", lambda x: x > 0, "> 0")
+    dwell_s: float = opt(0.8, "seconds the tray stays tipped while the item falls", lambda x: x >= 0, ">= 0")
+    startup_s: float = opt(
+        2.5, "line: seconds to wait for the firmware after opening the port (Arduino boards reset)"
+    )
+
+    def __post_init__(self) -> None:
+        if not self.min_us < self.max_us:
+            raise SmartbinError(
+                f"servo.min_us ({self.min_us:g}) is not below servo.max_us ({self.max_us:g})",
+                "set the mechanism's safe range",
+            )
+        for key, value in [("home_us", self.home_us)] + [(f"bins.{b}", v) for b, v in self.bins.items()]:
+            if not self.min_us <= value <= self.max_us:
+                raise SmartbinError(
+                    f"servo.{key} = {value:g} µs is outside servo.min_us..max_us "
+                    f"({self.min_us:g}..{self.max_us:g})",
+                    "recalibrate it (smartbin servo calibrate) or widen the limits if the mechanism allows",
+                )
+
+
 @dataclass
 class Config:
     device_id: str = opt(
@@ -59,6 +114,7 @@ class Config:
         "a non-empty id without '/', '+' or '#'",
     )
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the classifier"})
+    servo: ServoConfig = field(default_factory=ServoConfig, metadata={"help": "the tray servo"})
 
 
 def _type_name(tp: Any) -> str:
@@ -82,6 +138,16 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             )
         (item_tp,) = typing.get_args(tp)
         return [_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if typing.get_origin(tp) is dict:
+        if not isinstance(value, Mapping):
+            raise SmartbinError(
+                f"{source}: {key} = {value!r} is not valid: expected a mapping", f"fix {key} in {source}"
+            )
+        key_tp, value_tp = typing.get_args(tp)
+        return {
+            _coerce(k, key_tp, key, source): _coerce(v, value_tp, f"{key}.{k}", source)
+            for k, v in value.items()
+        }
     ok = (
         isinstance(value, bool)
         if tp is bool
@@ -130,7 +196,10 @@ def build_dataclass(cls: type, data: Any, prefix: str, source: str) -> Any:
                 f"fix {key} in {source}",
             )
         values[name] = value
-    return cls(**values)
+    try:
+        return cls(**values)
+    except SmartbinError as exc:  # a check across keys, in __post_init__
+        raise SmartbinError(f"{source}: {exc.problem}", exc.fix) from None
 
 
 def parse_config(data: Any, source: str = "config") -> Config:
@@ -166,5 +235,6 @@ def describe(cls: type = Config, indent: str = "") -> str:
             lines += [f"{indent}# {help_text}", f"{indent}{f.name}:", describe(type(default), indent + "  ")]
             continue
         lines.append(f"{indent}# {help_text}")
-        lines.append(f"{indent}{yaml.safe_dump({f.name: default}, allow_unicode=True).strip()}")
+        dumped = yaml.safe_dump({f.name: default}, allow_unicode=True, sort_keys=False).rstrip()
+        lines.append(textwrap.indent(dumped, indent))
     return "\n".join(lines)
