@@ -139,7 +139,7 @@ class LineEmulator(PtyEmulator):
     refuse (every move answered with an error), unplug_on_move.
     """
 
-    NAME, VERSION, MIN_US, MAX_US = "smartbin-servo", "0.1.0", 500, 2500
+    NAME, VERSION, MIN_US, MAX_US = "smartbin-servo", "0.1.0", 900, 2100
 
     def __init__(self, mode: str = "ok") -> None:
         self._buffer = bytearray()
