@@ -15,15 +15,19 @@ are refused, never clamped.
 from __future__ import annotations
 
 import contextlib
+import logging
+import random
 import termios
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import serial
 
 from edge.config import ServoConfig
 from edge.errors import SmartbinError
+
+log = logging.getLogger(__name__)
 
 # Pololu Maestro compact protocol commands.
 SET_TARGET = 0x84
@@ -351,3 +355,74 @@ class Actuator:
         self.controller.move(cal.channel, target, cal.move_timeout_s)
         time.sleep(cal.dwell_s)
         self.home()
+
+
+def backoff_delay(attempt: int, base_s: float = 0.5, cap_s: float = 30.0, rng=random.random) -> float:
+    """Exponential backoff, half fixed and half random, so that fifty bins never retry in step."""
+    step = min(cap_s, base_s * 2**attempt)
+    return step / 2 + rng() * step / 2
+
+
+class ServoSupervisor:
+    """Keeps a controller connected for the daemon: a fault never kills the process.
+
+    A failed move drops the connection, logs one line, and records ``fault``
+    (for the state topic); the next move reopens the port once its backoff
+    delay has passed. A move in flight when the port dies is failed, never done.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Controller],
+        calibration: Calibration,
+        base_s: float = 0.5,
+        cap_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.connect, self.cal = connect, calibration
+        self.base_s, self.cap_s, self.clock = base_s, cap_s, clock
+        self.actuator: Actuator | None = None
+        self.fault: str | None = None
+        self.attempts = 0
+        self.retry_at = 0.0
+
+    def _failed(self, reason: str) -> ActuatorFault:
+        if reason != self.fault:
+            log.error("servo fault: %s", reason)
+        self.fault = reason
+        self.retry_at = self.clock() + backoff_delay(self.attempts, self.base_s, self.cap_s)
+        self.attempts += 1
+        if self.actuator is not None:
+            self.actuator.controller.close()
+            self.actuator = None
+        return ActuatorFault(reason)
+
+    def _connected(self) -> Actuator:
+        if self.actuator is not None:
+            return self.actuator
+        wait = self.retry_at - self.clock()
+        if wait > 0:
+            raise ActuatorFault(f"servo controller offline ({self.fault}); next try in {wait:.1f} s")
+        try:
+            controller = self.connect()
+        except SmartbinError as exc:
+            raise self._failed(f"{exc.problem} ({exc.fix})") from None
+        except ActuatorFault as fault:
+            raise self._failed(fault.reason) from None
+        if self.fault is not None:
+            log.info("servo controller back after %d failed attempts", self.attempts)
+        self.actuator, self.fault, self.attempts = Actuator(controller, self.cal), None, 0
+        return self.actuator
+
+    def sort(self, bin_id: str) -> None:
+        self.cal.target(bin_id)  # a calibration problem is not a controller fault
+        actuator = self._connected()
+        try:
+            actuator.sort(bin_id)
+        except ActuatorFault as fault:
+            raise self._failed(fault.reason) from None
+
+    def close(self) -> None:
+        if self.actuator is not None:
+            self.actuator.controller.close()
+            self.actuator = None

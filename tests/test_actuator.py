@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 
 import pytest
 
@@ -15,6 +16,8 @@ from edge.actuator import (
     LineController,
     Link,
     MaestroController,
+    ServoSupervisor,
+    backoff_delay,
     decode_maestro_errors,
     get_errors,
     get_moving_state,
@@ -201,3 +204,65 @@ def test_forbidden_port_hints_at_dialout():
             os.seteuid(0)
         emu.stop()
     assert "not permitted" in err.value.problem and "dialout" in err.value.fix
+
+
+# --- supervision: the daemon's view -------------------------------------------------
+
+
+def test_backoff_grows_is_capped_and_jittered():
+    assert backoff_delay(0, 0.5, 30, rng=lambda: 0.0) == 0.25
+    assert backoff_delay(3, 0.5, 30, rng=lambda: 1.0) == 4.0
+    assert backoff_delay(20, 0.5, 30, rng=lambda: 1.0) == 30.0
+    assert 15.0 <= backoff_delay(20, 0.5, 30) <= 30.0
+
+
+def test_supervisor_survives_an_unplug_and_reconnects_through_the_stable_path(tmp_path, caplog):
+    """The by-id symlink stays; the device behind it goes and comes back, as on a real USB replug."""
+    caplog.set_level("INFO")
+    by_id = tmp_path / "usb-Pololu_Maestro-if00"
+    first = MaestroEmulator()
+    by_id.symlink_to(first.port)
+    supervisor = ServoSupervisor(
+        lambda: MaestroController(Link(str(by_id), 115200, 0.2)), CAL, base_s=0.2, cap_s=0.2
+    )
+    supervisor.sort("kitchen")
+    assert supervisor.fault is None
+
+    first.mode = "unplug_on_move"
+    with pytest.raises(ActuatorFault):
+        supervisor.sort("kitchen")  # in flight when the port died: failed, not done
+    assert supervisor.fault and supervisor.actuator is None
+    with pytest.raises(ActuatorFault, match="offline .* next try in"):
+        supervisor.sort("kitchen")
+    assert caplog.text.count("servo fault:") == 1
+
+    second = MaestroEmulator()
+    by_id.unlink()
+    by_id.symlink_to(second.port)
+    time.sleep(0.25)
+    supervisor.sort("other")
+    assert supervisor.fault is None
+    assert [c[0] for c in second.commands].count(0x84) == 2
+    assert "servo controller back" in caplog.text
+    supervisor.close()
+    first.stop()
+    second.stop()
+
+
+def test_supervisor_with_no_port_records_the_fault_and_the_fix(tmp_path):
+    clock = [100.0]
+    supervisor = ServoSupervisor(
+        lambda: MaestroController(Link(str(tmp_path / "ttyACM0"), 115200, 0.1)), CAL, clock=lambda: clock[0]
+    )
+    with pytest.raises(ActuatorFault, match="does not exist"):
+        supervisor.sort("kitchen")
+    assert "/dev/serial/by-id" in supervisor.fault
+    with pytest.raises(ActuatorFault, match="next try"):
+        supervisor.sort("kitchen")
+    clock[0] += 60
+    with pytest.raises(ActuatorFault, match="does not exist"):
+        supervisor.sort("kitchen")
+    assert supervisor.attempts == 2
+    with pytest.raises(ActuatorFault, match="no calibrated position"):
+        supervisor.sort("compost")
+    assert supervisor.attempts == 2
