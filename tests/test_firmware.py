@@ -51,3 +51,78 @@ def test_emulator_and_spec_match_the_firmware():
     for code in range(1, 7):
         assert re.search(rf"reply_error\({code}|log_error\({code}\)", SOURCE), code
         assert f"| {code} |" in spec
+
+
+needs_simavr = pytest.mark.skipif(
+    shutil.which("avr-gcc") is None
+    or subprocess.run(["pkg-config", "--exists", "simavr", "simavrparts"], capture_output=True).returncode,
+    reason="simavr or avr-gcc absent: scripts/test installs them",
+)
+
+
+@pytest.fixture(scope="module")
+def simulated_board(tmp_path_factory):
+    """The compiled firmware running under simavr, its UART on a pty: a board without the board."""
+    build = tmp_path_factory.mktemp("firmware")
+    subprocess.run(["make", "-C", str(FIRMWARE), f"BUILD={build}"], check=True, capture_output=True)
+    flags = subprocess.run(
+        ["pkg-config", "--cflags", "--libs", "simavr", "simavrparts"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    harness = build / "simavr_uart_pty"
+    source = REPO / "tests" / "firmware_sim" / "simavr_uart_pty.c"
+    subprocess.run(["cc", str(source), *flags, "-o", str(harness)], check=True)
+    sim = subprocess.Popen(
+        [str(harness), str(build / "smartbin_servo.elf")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        for line in sim.stdout:
+            if line.startswith("PTY "):
+                yield line.split()[1]
+                break
+        else:
+            pytest.fail("simavr did not open a pty")
+    finally:
+        sim.kill()
+        sim.wait()
+
+
+@needs_simavr
+def test_real_firmware_through_the_real_driver(simulated_board):
+    from edge.actuator import ActuatorFault, LineController, Link
+
+    controller = LineController(Link(simulated_board, 115200, 0.5))
+    assert (
+        controller.wait_ready(3.0)
+        == f"{define('FIRMWARE_NAME')} {define('FIRMWARE_VERSION')} (line protocol)"
+    )
+    controller.request("ERRORS")  # start from a clean log
+    controller.move(0, 1700, 1.0)
+    assert controller.request("POS 0") == ["0", "1700"]
+    refusals = {
+        "MOVE 0 3000": "3 pulse 3000 outside 900..2100",
+        "MOVE 5 1500": "5 no channel 5",
+        "FLY": "1 unknown command FLY",
+        "MOVE x 1": "2 bad arguments",
+        "X" * 60: "4 line too long",
+    }
+    for request, words in refusals.items():
+        with pytest.raises(ActuatorFault, match=words):
+            controller.request(request)
+    assert controller.request("ERRORS") == ["5", "3", "5", "1", "2", "4"]
+    assert controller.request("POS 0") == ["0", "1700"]  # refused moves moved nothing
+    controller.close()
+
+
+@needs_simavr
+def test_servo_cycle_cli_against_the_simulated_board(simulated_board, tmp_path, capsys):
+    from edge.cli import main
+
+    config = tmp_path / "smartbin.yaml"
+    config.write_text(f"servo:\n  protocol: line\n  port: {simulated_board}\n  dwell_s: 0\n")
+    assert main(["servo", "cycle", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "smartbin-servo 0.1.0" in out
+    assert sum(line.startswith("ok ") for line in out.splitlines()) == 4
