@@ -294,6 +294,10 @@ def open_controller(cfg: ServoConfig) -> Controller:
     """Open the configured port and controller; a line controller is waited for until it answers."""
     link = Link(cfg.port, cfg.baud, cfg.reply_timeout_s)
     if cfg.protocol == "maestro":
+        if cfg.speed is not None:
+            link.write(set_speed(cfg.channel, cfg.speed, cfg.device_number))
+        if cfg.acceleration is not None:
+            link.write(set_acceleration(cfg.channel, cfg.acceleration, cfg.device_number))
         return MaestroController(link, cfg.device_number, cfg.tolerance_us)
     controller = LineController(link)
     try:

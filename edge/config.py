@@ -82,6 +82,12 @@ class ServoConfig:
         },
         metadata={"help": "pulse width (µs) that tips the tray into each bin (smartbin servo calibrate)"},
     )
+    speed: Optional[int] = opt(
+        None, "maestro: speed limit (0.25 µs per 10 ms; 0 = unlimited); empty = the board's setting"
+    )
+    acceleration: Optional[int] = opt(
+        None, "maestro: acceleration limit (0.25 µs per 10 ms per 80 ms; 0 = unlimited); empty = the board's"
+    )
     tolerance_us: float = opt(10.0, "maestro: read-back position within this many µs counts as arrived")
     reply_timeout_s: float = opt(0.5, "seconds to wait for each controller reply", lambda x: x > 0, "> 0")
     move_timeout_s: float = opt(2.0, "seconds a move may take before it is a fault", lambda x: x > 0, "> 0")

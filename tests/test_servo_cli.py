@@ -94,3 +94,14 @@ def test_missing_port_and_bad_bin(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["servo", "move"]) == 2
     assert "needs --bin" in capsys.readouterr().err
+
+
+def test_maestro_speed_and_acceleration_are_sent_on_connect(tmp_path):
+    emu = MaestroEmulator()
+    path = tmp_path / "smartbin.yaml"
+    path.write_text(CONFIG.format(protocol="maestro", port=emu.port) + "  speed: 140\n  acceleration: 3\n")
+    try:
+        assert main(["servo", "ping", "--config", str(path)]) == 0
+    finally:
+        emu.stop()
+    assert [c.hex(" ") for c in emu.commands[:2]] == ["87 00 0c 01", "89 00 03 00"]
