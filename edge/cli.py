@@ -19,6 +19,7 @@ from edge.decision import decide
 from edge.errors import SmartbinError
 from edge.evaluation import format_scores, plot_confusion, score_predictions
 from edge.images import expand_paths, labelled_images, read_image
+from edge.ledger import open_ledger
 from edge.taxonomy import load_taxonomy
 
 log = logging.getLogger("smartbin")
@@ -30,6 +31,7 @@ examples:
   smartbin eval --data runs/garbage12/test_split --plots out/
                                                accuracy on labelled photos
   smartbin servo cycle                         visit every bin (after installation)
+  smartbin counts                              items sorted per bin, from the ledger
   smartbin config                              every config key with its default
 
 The model is the bundle shipped in models/ unless --model or the config's
@@ -81,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="at most this many photos per folder")
 
     servo_cli.add_parser(sub)
+
+    p = sub.add_parser(
+        "counts",
+        help="print the ledger's counts per bin",
+        description="Print the sorted-item counts per bin from the ledger, the messages waiting "
+        "for the broker, and the events dropped after a long outage.",
+    )
+    p.add_argument("--config", help="device config YAML (default: built-in defaults)")
+    p.add_argument("--json", action="store_true", help="print as JSON")
 
     sub.add_parser(
         "config",
@@ -218,7 +229,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
-COMMANDS = {"classify": cmd_classify, "eval": cmd_eval, "servo": servo_cli.run}
+def cmd_counts(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config).ledger
+    ledger = open_ledger(cfg)
+    try:
+        counts, pending, dropped = ledger.counts(), len(ledger.pending(1_000_000)), ledger.dropped_events()
+    finally:
+        ledger.close()
+    if args.json:
+        print(
+            json.dumps(
+                {"counts": counts, "total": sum(counts.values()), "pending": pending, "dropped": dropped}
+            )
+        )
+        return 0
+    print(f"ledger {ledger.path}")
+    for bin_id, count in counts.items():
+        print(f"{bin_id:<12} {count:>8}")
+    print(f"{'total':<12} {sum(counts.values()):>8}")
+    print(f"{pending} messages wait for the broker; {dropped} events dropped after long outages")
+    return 0
+
+
+COMMANDS = {"classify": cmd_classify, "eval": cmd_eval, "servo": servo_cli.run, "counts": cmd_counts}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -112,6 +112,21 @@ class ServoConfig:
 
 
 @dataclass
+class LedgerConfig:
+    path: Optional[str] = opt(
+        None, "SQLite file of counts and unsent messages; empty = $STATE_DIRECTORY/ledger.db (systemd)"
+    )
+    max_pending_events: int = opt(
+        10_000,
+        "unsent events kept through a broker outage; past it the oldest are dropped and counted "
+        "(counts and state are never dropped)",
+        lambda n: n >= 1,
+        ">= 1",
+    )
+    keep_events: int = opt(100_000, "sorted-item history kept on the device", lambda n: n >= 1, ">= 1")
+
+
+@dataclass
 class Config:
     device_id: str = opt(
         "smartbin-dev",
@@ -121,6 +136,7 @@ class Config:
     )
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the classifier"})
     servo: ServoConfig = field(default_factory=ServoConfig, metadata={"help": "the tray servo"})
+    ledger: LedgerConfig = field(default_factory=LedgerConfig, metadata={"help": "counts and the outbox"})
 
 
 def _type_name(tp: Any) -> str:

@@ -1,0 +1,229 @@
+"""Ledger: the single source of truth for counts and for every message not yet acknowledged.
+
+One SQLite file (WAL, ``synchronous=FULL``: a committed sort survives a power
+cut). Each sorted item is one transaction: the bin's count, the event, and the
+outbox rows that telemetry will publish. A row leaves the outbox only when
+telemetry acknowledges it (the broker's PUBACK).
+
+Outbox policy (documented in the config reference):
+- ``count`` rows are retained values: a newer count for a bin replaces an
+  unsent older one, so counts are never dropped and never pile up.
+- ``event`` rows are bounded by ``max_pending_events``; past it the oldest
+  unsent events are dropped first, and how many were dropped is itself kept
+  (``dropped_events``) for the state topic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from edge.config import LedgerConfig
+from edge.errors import SmartbinError
+
+SCHEMA_VERSION = 1
+
+
+def run_script(db: sqlite3.Connection, script: str) -> None:
+    """Statements one by one: ``executescript`` would COMMIT the migration's transaction midway."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _schema_1(db: sqlite3.Connection) -> None:
+    run_script(
+        db,
+        """
+        CREATE TABLE counts (bin TEXT PRIMARY KEY, count INTEGER NOT NULL);
+        CREATE TABLE events (
+            id TEXT PRIMARY KEY, time REAL NOT NULL, item TEXT NOT NULL, bin TEXT NOT NULL,
+            confidence REAL NOT NULL, uncertain INTEGER NOT NULL, latency_ms REAL NOT NULL,
+            model_id TEXT NOT NULL
+        );
+        CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, key TEXT NOT NULL,
+            payload TEXT NOT NULL
+        );
+        CREATE INDEX outbox_kind_key ON outbox (kind, key);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        """,
+    )
+
+
+# MIGRATIONS[n] takes a database at version n to n + 1. Append; never edit a released step.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_1]
+
+
+@dataclass(frozen=True)
+class SortedItem:
+    id: str
+    time: float
+    item: str
+    bin: str
+    confidence: float
+    uncertain: bool
+    latency_ms: float
+    model_id: str
+
+
+@dataclass(frozen=True)
+class Pending:
+    seq: int
+    kind: str
+    key: str
+    payload: str
+
+
+def default_path() -> Path:
+    """systemd's StateDirectory= when run as the service, else the working folder."""
+    return Path(os.environ.get("STATE_DIRECTORY", ".")) / "ledger.db"
+
+
+def open_ledger(cfg: LedgerConfig) -> Ledger:
+    return Ledger(cfg.path or default_path(), cfg.max_pending_events, cfg.keep_events)
+
+
+class Ledger:
+    def __init__(
+        self, path: str | Path, max_pending_events: int = 10_000, keep_events: int = 100_000
+    ) -> None:
+        self.path = Path(path)
+        self.max_pending_events, self.keep_events = max_pending_events, keep_events
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise SmartbinError(
+                f"ledger {self.path} cannot be opened: {exc}",
+                "check the disk and the file's permissions; a corrupt file can be moved aside "
+                "(counts restart from 0)",
+            ) from None
+        except OSError as exc:
+            raise SmartbinError(f"ledger {self.path} cannot be created: {exc}", "check ledger.path") from None
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise SmartbinError(
+                f"ledger {self.path} has schema version {version}, newer than this smartbin "
+                f"({len(MIGRATIONS)})",
+                "update smartbin (or roll back with its own ledger); the file is left untouched",
+            )
+        for step in range(version, len(MIGRATIONS)):
+            with self._transaction():
+                MIGRATIONS[step](self.db)
+                self.db.execute(f"PRAGMA user_version = {step + 1}")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _put_count(self, bin_id: str, count: int) -> None:
+        self.db.execute("DELETE FROM outbox WHERE kind = 'count' AND key = ?", (bin_id,))
+        self.db.execute(
+            "INSERT INTO outbox (kind, key, payload) VALUES ('count', ?, ?)", (bin_id, str(count))
+        )
+
+    def record(self, item: SortedItem) -> int:
+        """Count one sorted item and queue its messages, atomically; returns the bin's new count."""
+        with self._lock, self._transaction():
+            self.db.execute(
+                "INSERT INTO counts (bin, count) VALUES (?, 1) "
+                "ON CONFLICT(bin) DO UPDATE SET count = count + 1",
+                (item.bin,),
+            )
+            count = self.db.execute("SELECT count FROM counts WHERE bin = ?", (item.bin,)).fetchone()[0]
+            self.db.execute(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    item.id,
+                    item.time,
+                    item.item,
+                    item.bin,
+                    item.confidence,
+                    int(item.uncertain),
+                    item.latency_ms,
+                    item.model_id,
+                ),
+            )
+            payload = json.dumps(asdict(item), separators=(",", ":"))
+            self.db.execute(
+                "INSERT INTO outbox (kind, key, payload) VALUES ('event', ?, ?)", (item.id, payload)
+            )
+            self._put_count(item.bin, count)
+            self._enforce_bounds()
+            return count
+
+    def _enforce_bounds(self) -> None:
+        pending = self.db.execute("SELECT COUNT(*) FROM outbox WHERE kind = 'event'").fetchone()[0]
+        excess = pending - self.max_pending_events
+        if excess > 0:
+            self.db.execute(
+                "DELETE FROM outbox WHERE seq IN "
+                "(SELECT seq FROM outbox WHERE kind = 'event' ORDER BY seq LIMIT ?)",
+                (excess,),
+            )
+            self.db.execute(
+                "INSERT INTO meta VALUES ('dropped_events', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+                (excess,),
+            )
+        self.db.execute(
+            "DELETE FROM events WHERE rowid IN "
+            "(SELECT rowid FROM events ORDER BY time DESC LIMIT -1 OFFSET ?)",
+            (self.keep_events,),
+        )
+
+    def reset_counts(self) -> None:
+        with self._lock, self._transaction():
+            for (bin_id,) in self.db.execute("SELECT bin FROM counts").fetchall():
+                self._put_count(bin_id, 0)
+            self.db.execute("UPDATE counts SET count = 0")
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.db.execute("SELECT bin, count FROM counts ORDER BY bin").fetchall())
+
+    def dropped_events(self) -> int:
+        with self._lock:
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'dropped_events'").fetchone()
+            return row[0] if row else 0
+
+    def pending(self, limit: int = 100) -> list[Pending]:
+        """Unacknowledged messages, oldest first."""
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT seq, kind, key, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+        return [Pending(*row) for row in rows]
+
+    def acknowledge(self, seq: int) -> None:
+        """The broker has the message: it leaves the outbox."""
+        with self._lock:
+            self.db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+
+    def events(self, limit: int = 20) -> list[SortedItem]:
+        with self._lock:
+            rows = self.db.execute("SELECT * FROM events ORDER BY time DESC LIMIT ?", (limit,)).fetchall()
+        return [SortedItem(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7]) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()

@@ -1,0 +1,216 @@
+"""The ledger: counts and unsent messages survive restarts, kills and migrations."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from edge import ledger as ledger_module
+from edge.errors import SmartbinError
+from edge.ledger import Ledger, SortedItem
+from tests.conftest import REPO
+
+
+def item(bin_id: str = "kitchen", n: int = 0) -> SortedItem:
+    return SortedItem(str(uuid.uuid4()), 1_700_000_000.0 + n, "banana-peel", bin_id, 0.93, False, 412.5, "m1")
+
+
+def test_a_sort_is_counted_and_queued(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    sorted_item = item("kitchen")
+    assert ledger.record(sorted_item) == 1
+    assert ledger.record(item("kitchen")) == 2
+    ledger.record(item("hazardous"))
+    assert ledger.counts() == {"hazardous": 1, "kitchen": 2}
+    pending = ledger.pending()
+    events = [p for p in pending if p.kind == "event"]
+    assert [p.key for p in events][0] == sorted_item.id
+    assert json.loads(events[0].payload)["bin"] == "kitchen"
+    counts = [(p.key, p.payload) for p in pending if p.kind == "count"]
+    assert counts == [("kitchen", "2"), ("hazardous", "1")]  # retained values coalesce
+    assert ledger.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert ledger.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_acknowledged_messages_leave_the_outbox_in_order(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    for n in range(3):
+        ledger.record(item("other", n))
+    pending = ledger.pending()
+    assert [p.seq for p in pending] == sorted(p.seq for p in pending)
+    for p in pending[:2]:
+        ledger.acknowledge(p.seq)
+    assert [p.seq for p in ledger.pending()] == [p.seq for p in pending[2:]]
+
+
+def test_counts_survive_a_restart(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    for n in range(5):
+        ledger.record(item("recyclable", n))
+    ledger.close()
+    again = Ledger(tmp_path / "l.db")
+    assert again.counts() == {"recyclable": 5}
+    assert len([p for p in again.pending() if p.kind == "event"]) == 5
+
+
+def test_a_failed_sort_records_nothing(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    first = item("kitchen")
+    ledger.record(first)
+    with pytest.raises(sqlite3.IntegrityError):
+        ledger.record(first)  # the same event id twice: the whole transaction rolls back
+    assert ledger.counts() == {"kitchen": 1}
+    assert len(ledger.pending()) == 2
+
+
+def test_outbox_bound_drops_oldest_events_and_counts_them_never_counts(tmp_path):
+    ledger = Ledger(tmp_path / "l.db", max_pending_events=3)
+    items = [item("other", n) for n in range(5)]
+    for it in items:
+        ledger.record(it)
+    assert ledger.counts() == {"other": 5}
+    events = [p.key for p in ledger.pending() if p.kind == "event"]
+    assert events == [it.id for it in items[2:]]
+    assert ledger.dropped_events() == 2
+    assert [p.payload for p in ledger.pending() if p.kind == "count"] == ["5"]
+
+
+def test_event_history_is_bounded(tmp_path):
+    ledger = Ledger(tmp_path / "l.db", keep_events=4)
+    for n in range(6):
+        ledger.record(item("other", n))
+    assert [e.time for e in ledger.events()] == [1_700_000_000.0 + n for n in (5, 4, 3, 2)]
+
+
+def test_reset_counts_queues_zeroes(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.record(item("kitchen"))
+    ledger.record(item("other"))
+    ledger.reset_counts()
+    assert ledger.counts() == {"kitchen": 0, "other": 0}
+    assert sorted((p.key, p.payload) for p in ledger.pending() if p.kind == "count") == [
+        ("kitchen", "0"),
+        ("other", "0"),
+    ]
+
+
+def test_a_migration_keeps_the_counts(tmp_path, monkeypatch):
+    """A later schema step that rebuilds the counts table must carry every count across."""
+    ledger = Ledger(tmp_path / "l.db")
+    for n in range(3):
+        ledger.record(item("hazardous", n))
+    ledger.close()
+
+    def rebuild_counts(db):
+        ledger_module.run_script(
+            db,
+            """
+            CREATE TABLE counts_new (bin TEXT PRIMARY KEY, count INTEGER NOT NULL, since REAL);
+            INSERT INTO counts_new (bin, count) SELECT bin, count FROM counts;
+            DROP TABLE counts;
+            ALTER TABLE counts_new RENAME TO counts;
+            """,
+        )
+
+    monkeypatch.setattr(ledger_module, "MIGRATIONS", [*ledger_module.MIGRATIONS, rebuild_counts])
+    migrated = Ledger(tmp_path / "l.db")
+    assert migrated.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert migrated.counts() == {"hazardous": 3}
+
+
+def test_a_newer_schema_is_refused_untouched(tmp_path):
+    path = tmp_path / "l.db"
+    Ledger(path).close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(SmartbinError, match="schema version 99, newer"):
+        Ledger(path)
+
+
+def test_a_corrupt_file_is_one_clear_error(tmp_path):
+    path = tmp_path / "l.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(SmartbinError, match="cannot be opened"):
+        Ledger(path)
+
+
+WRITER = """
+import sys, uuid
+from edge.ledger import Ledger, SortedItem
+ledger = Ledger(sys.argv[1])
+n = 0
+while True:
+    bin_id = ("kitchen", "other")[n % 2]
+    ledger.record(SortedItem(str(uuid.uuid4()), float(n), "x", bin_id, 0.9, False, 1.0, "m"))
+    n += 1
+    if n % 50 == 0:
+        print(n, flush=True)
+"""
+
+
+def test_sigkill_mid_run_leaves_a_consistent_ledger(tmp_path):
+    """Power cut stand-in: the writer is killed at an arbitrary point between and inside transactions."""
+    path = tmp_path / "l.db"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    for line in writer.stdout:
+        if int(line) >= 300:
+            break
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    ledger = Ledger(path)
+    counts = ledger.counts()
+    total = sum(counts.values())
+    assert total >= 300
+    events = ledger.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    queued = [p for p in ledger.pending(10_000) if p.kind == "event"]
+    assert events == total == len(queued)
+    assert {p.key: int(p.payload) for p in ledger.pending(10_000) if p.kind == "count"} == counts
+
+
+def test_a_failing_migration_leaves_the_old_schema_and_counts(tmp_path, monkeypatch):
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.record(item("kitchen"))
+    ledger.close()
+
+    def broken(db):
+        db.execute("DROP TABLE counts")
+        db.execute("THIS IS NOT SQL")
+
+    monkeypatch.setattr(ledger_module, "MIGRATIONS", [*ledger_module.MIGRATIONS, broken])
+    with pytest.raises(SmartbinError):
+        Ledger(tmp_path / "l.db")
+    monkeypatch.undo()
+    again = Ledger(tmp_path / "l.db")
+    assert again.db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert again.counts() == {"kitchen": 1}
+
+
+def test_counts_cli(tmp_path, capsys):
+    from edge.cli import main
+
+    path = tmp_path / "state" / "ledger.db"
+    ledger = Ledger(path)
+    for n in range(3):
+        ledger.record(item("kitchen", n))
+    ledger.close()
+    config = tmp_path / "smartbin.yaml"
+    config.write_text(f"ledger:\n  path: {path}\n")
+    assert main(["counts", "--config", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "counts": {"kitchen": 3},
+        "total": 3,
+        "pending": 4,
+        "dropped": 0,
+    }
+    assert main(["counts", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "kitchen" in out and "4 messages wait for the broker" in out
