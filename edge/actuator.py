@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import termios
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Callable, Protocol
 
 import serial
 
+from edge.backoff import backoff_delay
 from edge.config import ServoConfig
 from edge.errors import SmartbinError
 
@@ -359,12 +359,6 @@ class Actuator:
         self.controller.move(cal.channel, target, cal.move_timeout_s)
         time.sleep(cal.dwell_s)
         self.home()
-
-
-def backoff_delay(attempt: int, base_s: float = 0.5, cap_s: float = 30.0, rng=random.random) -> float:
-    """Exponential backoff, half fixed and half random, so that fifty bins never retry in step."""
-    step = min(cap_s, base_s * 2**attempt)
-    return step / 2 + rng() * step / 2
 
 
 class ServoSupervisor:

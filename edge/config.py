@@ -127,6 +127,24 @@ class LedgerConfig:
 
 
 @dataclass
+class MqttConfig:
+    host: str = opt("localhost", "MQTT broker host")
+    port: int = opt(1883, "MQTT broker port (8883 is usual with TLS)", lambda n: 0 < n < 65536, "1 to 65535")
+    topic_prefix: str = opt("smartbin", "topics are <topic_prefix>/<device_id>/...")
+    client_id: Optional[str] = opt(None, "MQTT client id; empty = smartbin-<device_id>")
+    keepalive_s: int = opt(30, "seconds between keep-alive pings", lambda n: n >= 5, ">= 5")
+    reconnect_max_s: float = opt(60.0, "longest wait between reconnect attempts", lambda x: x >= 1, ">= 1")
+    username: Optional[str] = opt(None, "broker user name; empty = anonymous")
+    password_file: Optional[str] = opt(None, "file holding the password (never put it in this YAML)")
+    password_env: Optional[str] = opt(
+        "SMARTBIN_MQTT_PASSWORD", "environment variable holding the password, if no password_file"
+    )
+    ca_file: Optional[str] = opt(None, "CA certificate (PEM) to verify the broker; set to use TLS")
+    cert_file: Optional[str] = opt(None, "client certificate (PEM), if the broker wants one")
+    key_file: Optional[str] = opt(None, "client key (PEM) for cert_file")
+
+
+@dataclass
 class Config:
     device_id: str = opt(
         "smartbin-dev",
@@ -137,6 +155,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the classifier"})
     servo: ServoConfig = field(default_factory=ServoConfig, metadata={"help": "the tray servo"})
     ledger: LedgerConfig = field(default_factory=LedgerConfig, metadata={"help": "counts and the outbox"})
+    mqtt: MqttConfig = field(default_factory=MqttConfig, metadata={"help": "the building's MQTT broker"})
 
 
 def _type_name(tp: Any) -> str:

@@ -17,7 +17,6 @@ from edge.actuator import (
     Link,
     MaestroController,
     ServoSupervisor,
-    backoff_delay,
     decode_maestro_errors,
     get_errors,
     get_moving_state,
@@ -26,6 +25,7 @@ from edge.actuator import (
     set_speed,
     set_target,
 )
+from edge.backoff import backoff_delay
 from edge.errors import SmartbinError
 from tests.emulators import LineEmulator, MaestroEmulator
 

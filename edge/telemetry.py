@@ -1,0 +1,214 @@
+"""Telemetry: publish from the ledger to MQTT, and mark a message done only on the broker's PUBACK.
+
+Topics (prefix ``<topic_prefix>/<device_id>``), the contract dashboards rely on:
+
+| topic            | retained | QoS | payload                                             |
+|------------------|----------|-----|-----------------------------------------------------|
+| availability     | yes      | 1   | ``online`` / ``offline`` (the last will)            |
+| state            | yes      | 1   | JSON: counts, total, uptime, model id, faults, ...  |
+| count/<bin>      | yes      | 1   | integer                                             |
+| event            | no       | 1   | JSON per sorted item                                |
+
+Everything network-bound runs in one background thread with its own paho
+loop, so a dead broker never slows the sorting loop: the daemon only writes
+the ledger and calls :meth:`Telemetry.notify`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.backoff import backoff_delay
+from edge.config import MqttConfig
+from edge.errors import SmartbinError
+from edge.ledger import Ledger, Pending
+
+log = logging.getLogger(__name__)
+
+INFLIGHT_LIMIT = 100
+
+
+class Topics:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix.rstrip("/")
+        self.availability = f"{self.prefix}/availability"
+        self.state = f"{self.prefix}/state"
+        self.event = f"{self.prefix}/event"
+
+    def count(self, bin_id: str) -> str:
+        return f"{self.prefix}/count/{bin_id}"
+
+    def for_row(self, row: Pending) -> tuple[str, bool]:
+        """The topic and retain flag of an outbox row."""
+        if row.kind == "count":
+            return self.count(row.key), True
+        return self.event, False
+
+
+def read_password(cfg: MqttConfig) -> str | None:
+    """From a file or an environment variable, never from the YAML."""
+    if cfg.password_file:
+        try:
+            with open(cfg.password_file, encoding="utf-8") as fh:
+                return fh.read().strip()
+        except OSError as exc:
+            raise SmartbinError(
+                f"mqtt.password_file {cfg.password_file} cannot be read: {exc.strerror}",
+                "create it readable by the smartbin user (mode 0600), holding only the password",
+            ) from None
+    return os.environ.get(cfg.password_env) if cfg.password_env else None
+
+
+def make_client(cfg: MqttConfig, device_id: str, topics: Topics) -> mqtt.Client:
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=cfg.client_id or f"smartbin-{device_id}",
+        clean_session=False,  # the broker keeps our session (and QoS 1 state) across reconnects
+        protocol=mqtt.MQTTv311,
+    )
+    client.will_set(topics.availability, "offline", qos=1, retain=True)
+    if cfg.username:
+        client.username_pw_set(cfg.username, read_password(cfg))
+    if cfg.ca_file:
+        try:
+            client.tls_set(ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file)
+        except (OSError, ValueError) as exc:
+            raise SmartbinError(
+                f"mqtt TLS files cannot be loaded: {exc}",
+                "check mqtt.ca_file, mqtt.cert_file and mqtt.key_file",
+            ) from None
+    return client
+
+
+class Telemetry:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        device_id: str,
+        ledger: Ledger,
+        status: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
+        self.cfg, self.ledger, self.status = cfg, ledger, status
+        self.topics = Topics(f"{cfg.topic_prefix}/{device_id}")
+        self.client = make_client(cfg, device_id, self.topics)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.connected = False
+        self.fault: str | None = None
+        self.started = time.time()
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
+        self._handed: set[int] = set()  # outbox seqs paho holds (it resends them itself)
+        self._attempts = 0
+        self._retry_at = 0.0
+        self._state_due = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
+
+    # -- called from the daemon ---------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def notify(self) -> None:
+        """Something changed in the ledger: drain it and republish the state. Never blocks."""
+        self._state_due.set()
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        """Flush what the broker will take within ``timeout_s``, publish ``offline``, disconnect."""
+        deadline = time.monotonic() + timeout_s
+        while self.connected and (self._inflight or self.ledger.pending(1)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._stop.set()
+        self._thread.join(timeout=timeout_s)
+        if self.connected:
+            info = self.client.publish(self.topics.availability, "offline", qos=1, retain=True)
+            while not info.is_published() and time.monotonic() < deadline:
+                self.client.loop(timeout=0.05)
+            self.client.disconnect()
+            self.client.loop(timeout=0.1)
+
+    # -- the telemetry thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.connected and time.monotonic() >= self._retry_at:
+                self._connect()
+            if self.client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                self._stop.wait(0.05)  # not connected: loop() returns at once
+            if self.connected:
+                if self._state_due.is_set():
+                    self._state_due.clear()
+                    self._publish_state()
+                self._drain()
+
+    def _failed(self, reason: str) -> None:
+        if reason != self.fault:
+            log.error("mqtt: %s", reason)
+        self.fault = reason
+        self._retry_at = time.monotonic() + backoff_delay(self._attempts, 0.5, self.cfg.reconnect_max_s)
+        self._attempts += 1
+
+    def _connect(self) -> None:
+        try:
+            self.client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
+            self._retry_at = time.monotonic() + self.cfg.keepalive_s  # wait for CONNACK before retrying
+        except OSError as exc:
+            self._failed(f"cannot reach broker {self.cfg.host}:{self.cfg.port}: {exc.strerror or exc}")
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._failed(f"broker {self.cfg.host}:{self.cfg.port} refused the connection: {reason_code}")
+            return
+        if self.fault:
+            log.info("mqtt: connected to %s:%s again", self.cfg.host, self.cfg.port)
+        self.connected, self.fault, self._attempts = True, None, 0
+        client.publish(self.topics.availability, "online", qos=1, retain=True)
+        self._publish_state()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self.connected
+        self.connected = False
+        if was and not self._stop.is_set():
+            self._failed(f"lost broker {self.cfg.host}:{self.cfg.port} ({reason_code})")
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        seq = self._inflight.pop(mid, None)
+        if seq is not None:
+            self.ledger.acknowledge(seq)
+            self._handed.discard(seq)
+
+    def _drain(self) -> None:
+        room = INFLIGHT_LIMIT - len(self._inflight)
+        if room <= 0:
+            return
+        for row in self.ledger.pending(room + len(self._handed)):
+            if row.seq in self._handed:
+                continue
+            topic, retain = self.topics.for_row(row)
+            info = self.client.publish(topic, row.payload, qos=1, retain=retain)
+            self._inflight[info.mid] = row.seq
+            self._handed.add(row.seq)
+
+    def state(self) -> dict[str, Any]:
+        counts = self.ledger.counts()
+        return {
+            "counts": counts,
+            "total": sum(counts.values()),
+            "uptime_s": round(time.time() - self.started),
+            "dropped_events": self.ledger.dropped_events(),
+            **self.status(),
+        }
+
+    def _publish_state(self) -> None:
+        self.client.publish(
+            self.topics.state, json.dumps(self.state(), separators=(",", ":")), qos=1, retain=True
+        )

@@ -1,0 +1,99 @@
+"""A real Mosquitto broker on a free loopback port, started and killed by the tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+def mosquitto_path() -> str | None:
+    """Debian installs it in /usr/sbin, which a normal user's PATH may lack."""
+    found = shutil.which("mosquitto")
+    return found or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class Broker:
+    def __init__(self, folder: Path, extra: str = "") -> None:
+        self.folder, self.port = folder, free_port()
+        self.conf = folder / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {folder}/\n"
+            "autosave_interval 1\n"
+            f"log_dest file {folder}/mosquitto.log\n" + extra
+        )
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Broker:
+        self.process = subprocess.Popen([mosquitto_path(), "-c", str(self.conf)])
+
+        def accepting() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_for(accepting, what=f"mosquitto on port {self.port}")
+        return self
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=5)
+
+
+class Subscriber:
+    """Records every message under a topic filter; a persistent QoS 1 session survives broker restarts."""
+
+    def __init__(self, port: int, topic: str, client_id: str = "test-subscriber") -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self.client.reconnect_delay_set(0.05, 0.2)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload, m.retain))
+        self.client.connect("127.0.0.1", port, 5)
+        self.client.loop_start()
+        assert self.subscribed.wait(5)
+
+    def payloads(self, suffix: str) -> list[bytes]:
+        return [p for t, p, _ in list(self.messages) if t.endswith(suffix)]
+
+    def event_ids(self) -> list[str]:
+        return [json.loads(p)["id"] for p in self.payloads("/event")]
+
+    def latest(self, suffix: str) -> bytes | None:
+        found = self.payloads(suffix)
+        return found[-1] if found else None
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()

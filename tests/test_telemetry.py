@@ -1,0 +1,157 @@
+"""Telemetry against a real Mosquitto: nothing lost through broker outages and client kills."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from edge.config import MqttConfig
+from edge.ledger import Ledger, SortedItem
+from edge.telemetry import Telemetry
+from tests.broker import Broker, Subscriber, mosquitto_path, wait_for
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto absent: scripts/test installs it")
+
+BINS = ("recyclable", "kitchen", "hazardous", "other")
+
+
+def sort(ledger: Ledger, telemetry: Telemetry | None, n: int) -> None:
+    ledger.record(SortedItem(str(uuid.uuid4()), time.time(), "item", BINS[n % 4], 0.9, False, 300.0, "m1"))
+    if telemetry:
+        telemetry.notify()
+
+
+@pytest.fixture()
+def broker(tmp_path):
+    b = Broker(tmp_path).start()
+    yield b
+    b.stop()
+
+
+def telemetry_for(broker: Broker, ledger: Ledger, device: str = "bin-1") -> Telemetry:
+    cfg = MqttConfig(port=broker.port, host="127.0.0.1", reconnect_max_s=1.0, keepalive_s=5)
+    t = Telemetry(cfg, device, ledger, status=lambda: {"model_id": "m1", "faults": {}})
+    t.start()
+    return t
+
+
+def test_events_state_and_counts_reach_a_subscriber(broker, tmp_path):
+    sub = Subscriber(broker.port, "smartbin/bin-1/#")
+    ledger = Ledger(tmp_path / "l.db")
+    telemetry = telemetry_for(broker, ledger)
+    for n in range(6):
+        sort(ledger, telemetry, n)
+    wait_for(lambda: len(sub.event_ids()) == 6 and not ledger.pending(), what="6 events acknowledged")
+    event = json.loads(sub.payloads("/event")[0])
+    assert set(event) == {"id", "time", "item", "bin", "confidence", "uncertain", "latency_ms", "model_id"}
+    wait_for(lambda: sub.latest("/count/kitchen") == b"2", what="kitchen count 2")
+    wait_for(lambda: json.loads(sub.latest("/state") or b"{}").get("total") == 6, what="state total 6")
+    state = json.loads(sub.latest("/state"))
+    assert state["counts"] == ledger.counts() and state["model_id"] == "m1"
+    assert sub.latest("/availability") == b"online"
+    telemetry.stop()
+    wait_for(lambda: sub.latest("/availability") == b"offline", what="offline on a clean stop")
+    sub.close()
+
+    late = Subscriber(broker.port, "smartbin/bin-1/#", client_id="late")
+    wait_for(lambda: late.latest("/count/recyclable") == b"2", what="retained counts for a late subscriber")
+    retained = {t.rsplit("/", 1)[-1]: p for t, p, r in late.messages if r}
+    assert retained["availability"] == b"offline" and json.loads(retained["state"])["total"] == 6
+    late.close()
+
+
+def test_a_broker_outage_loses_nothing(broker, tmp_path, caplog):
+    sub = Subscriber(broker.port, "smartbin/bin-1/#")
+    time.sleep(1.3)  # let the broker autosave the subscriber's persistent session
+    ledger = Ledger(tmp_path / "l.db")
+    telemetry = telemetry_for(broker, ledger)
+    for n in range(5):
+        sort(ledger, telemetry, n)
+    wait_for(lambda: len(set(sub.event_ids())) == 5, what="5 events before the outage")
+
+    broker.kill()
+    for n in range(5, 25):
+        sort(ledger, telemetry, n)  # returns with the broker down: only the ledger is written
+    assert len([p for p in ledger.pending(100) if p.kind == "event"]) >= 20
+
+    broker.start()
+    wait_for(lambda: len(set(sub.event_ids())) == 25, timeout_s=20, what="all 25 events after the outage")
+    wait_for(lambda: not ledger.pending(), what="outbox drained by PUBACKs")
+    assert len(sub.event_ids()) >= 25  # QoS 1: duplicates allowed, each with its id
+    for bin_id, count in ledger.counts().items():
+        wait_for(
+            lambda b=bin_id, c=count: sub.latest(f"/count/{b}") == str(c).encode(), what=f"count {bin_id}"
+        )
+    assert caplog.text.count("lost broker") <= 1
+    telemetry.stop()
+    sub.close()
+
+
+CLIENT = """
+import sys, time, uuid
+from edge.config import MqttConfig
+from edge.ledger import Ledger, SortedItem
+from edge.telemetry import Telemetry
+port, db, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+ledger = Ledger(db)
+t = Telemetry(MqttConfig(host="127.0.0.1", port=port, keepalive_s=5, reconnect_max_s=1), "bin-9", ledger)
+t.start()
+for i in range(n):
+    ledger.record(SortedItem(str(uuid.uuid4()), time.time(), "x", "other", 0.9, False, 1.0, "m"))
+    t.notify()
+print("sorted", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_client_leaves_offline_and_delivers_on_restart(broker, tmp_path):
+    sub = Subscriber(broker.port, "smartbin/bin-9/#")
+    db = tmp_path / "client.db"
+    first = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, str(broker.port), str(db), "40"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert first.stdout.readline().strip() == "sorted"
+    wait_for(lambda: sub.latest("/availability") == b"online", what="online")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    wait_for(lambda: sub.latest("/availability") == b"offline", what="the last will")
+
+    again = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, str(broker.port), str(db), "0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert again.stdout.readline().strip() == "sorted"
+    wait_for(lambda: len(set(sub.event_ids())) == 40, timeout_s=15, what="every event of the killed run")
+    wait_for(lambda: sub.latest("/count/other") == b"40", what="count 40")
+    again.send_signal(signal.SIGKILL)
+    again.wait()
+    assert Ledger(db).counts() == {"other": 40}
+    sub.close()
+
+
+def test_a_dead_broker_is_one_log_line_not_a_flood(tmp_path, caplog):
+    from tests.broker import free_port
+
+    ledger = Ledger(tmp_path / "l.db")
+    cfg = MqttConfig(host="127.0.0.1", port=free_port(), reconnect_max_s=1.0)
+    telemetry = Telemetry(cfg, "bin-3", ledger)
+    telemetry.start()
+    sort(ledger, telemetry, 0)
+    wait_for(lambda: telemetry._attempts >= 3, what="three connection attempts")
+    assert caplog.text.count("cannot reach broker") == 1
+    assert "Traceback" not in caplog.text
+    assert telemetry.fault and "cannot reach broker" in telemetry.fault
+    assert len(ledger.pending()) == 2  # kept for later
+    telemetry.stop()
