@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 import threading
 import time
 from typing import Any, Callable
@@ -158,15 +159,29 @@ class Telemetry:
         self._attempts += 1
 
     def _connect(self) -> None:
+        where = f"{self.cfg.host}:{self.cfg.port}"
         try:
             self.client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
             self._retry_at = time.monotonic() + self.cfg.keepalive_s  # wait for CONNACK before retrying
+        except ssl.SSLError as exc:
+            self._failed(
+                f"TLS with broker {where} failed: {exc.reason or exc} (check mqtt.ca_file and the host name)"
+            )
         except OSError as exc:
-            self._failed(f"cannot reach broker {self.cfg.host}:{self.cfg.port}: {exc.strerror or exc}")
+            self._failed(f"cannot reach broker {where}: {exc.strerror or exc}")
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            self._failed(f"broker {self.cfg.host}:{self.cfg.port} refused the connection: {reason_code}")
+            hint = (
+                " (check mqtt.username and the password in mqtt.password_file or $"
+                + str(self.cfg.password_env)
+                + ")"
+                if reason_code in ("Bad user name or password", "Not authorized")
+                else ""
+            )
+            self._failed(
+                f"broker {self.cfg.host}:{self.cfg.port} refused the connection: {reason_code}{hint}"
+            )
             return
         if self.fault:
             log.info("mqtt: connected to %s:%s again", self.cfg.host, self.cfg.port)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -45,7 +46,8 @@ class Broker:
             "persistence true\n"
             f"persistence_location {folder}/\n"
             "autosave_interval 1\n"
-            f"log_dest file {folder}/mosquitto.log\n" + extra
+            f"log_dest file {folder}/mosquitto.log\n" + ("user root\n" if os.geteuid() == 0 else "") + extra
+            # as root it would switch to the mosquitto user, who cannot read pytest's private tmp folders
         )
         self.process: subprocess.Popen | None = None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,3 +156,116 @@ def test_a_dead_broker_is_one_log_line_not_a_flood(tmp_path, caplog):
     assert telemetry.fault and "cannot reach broker" in telemetry.fault
     assert len(ledger.pending()) == 2  # kept for later
     telemetry.stop()
+
+
+def test_password_authentication(tmp_path, caplog, monkeypatch):
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "bin-user", "s3cret"], check=True)
+    broker = Broker(tmp_path, f"allow_anonymous false\npassword_file {passwd}\n")
+    broker.conf.write_text(broker.conf.read_text().replace("allow_anonymous true\n", ""))
+    broker.start()
+    try:
+        secret = tmp_path / "mqtt-password"
+        secret.write_text("s3cret\n")
+        ledger = Ledger(tmp_path / "l.db")
+        cfg = MqttConfig(host="127.0.0.1", port=broker.port, username="bin-user", password_file=str(secret))
+        good = Telemetry(cfg, "bin-4", ledger)
+        good.start()
+        sort(ledger, good, 0)
+        wait_for(lambda: good.connected and not ledger.pending(), what="authenticated publish")
+        good.stop()
+
+        monkeypatch.setenv("SMARTBIN_MQTT_PASSWORD", "wrong")
+        bad = Telemetry(MqttConfig(host="127.0.0.1", port=broker.port, username="bin-user"), "bin-5", ledger)
+        bad.start()
+        wait_for(lambda: bad.fault is not None and bad._attempts >= 2, what="refused twice")
+        bad.stop()
+        assert "refused the connection" in bad.fault and "password" in bad.fault
+        assert caplog.text.count("refused the connection") == 1
+        assert "wrong" not in caplog.text and "s3cret" not in caplog.text  # passwords are never logged
+    finally:
+        broker.stop()
+
+
+def make_ca(folder):
+    """A throwaway CA and a broker certificate for 127.0.0.1, made with openssl here and now."""
+
+    def ssl_cmd(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    ca_key, ca, key, csr, cert = (
+        folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem")
+    )
+    ssl_cmd(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=smartbin test CA",
+    )
+    ssl_cmd(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    ext = folder / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    ssl_cmd(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+    )
+    return ca, cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl absent")
+def test_tls_with_a_test_ca(tmp_path):
+    ca, cert, key = make_ca(tmp_path)
+    broker = Broker(tmp_path, f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n").start()
+    try:
+        ledger = Ledger(tmp_path / "l.db")
+        tls = Telemetry(MqttConfig(host="127.0.0.1", port=broker.port, ca_file=str(ca)), "bin-6", ledger)
+        tls.start()
+        sort(ledger, tls, 0)
+        wait_for(lambda: tls.connected and not ledger.pending(), what="publish over TLS")
+        tls.stop()
+
+        other = tmp_path / "other"
+        other.mkdir()
+        other_ca, _, _ = make_ca(other)
+        wrong = Telemetry(
+            MqttConfig(host="127.0.0.1", port=broker.port, ca_file=str(other_ca)), "bin-7", ledger
+        )
+        wrong.start()
+        wait_for(lambda: wrong.fault is not None, what="a TLS failure")
+        wrong.stop()
+        assert wrong.fault.startswith("TLS with broker") and "ca_file" in wrong.fault
+    finally:
+        broker.stop()
