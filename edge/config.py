@@ -142,6 +142,8 @@ class MqttConfig:
     ca_file: Optional[str] = opt(None, "CA certificate (PEM) to verify the broker; set to use TLS")
     cert_file: Optional[str] = opt(None, "client certificate (PEM), if the broker wants one")
     key_file: Optional[str] = opt(None, "client key (PEM) for cert_file")
+    ha_discovery: bool = opt(True, "announce the bin to Home Assistant (MQTT discovery)")
+    ha_prefix: str = opt("homeassistant", "Home Assistant's discovery prefix")
 
 
 @dataclass

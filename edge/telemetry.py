@@ -8,6 +8,12 @@ Topics (prefix ``<topic_prefix>/<device_id>``), the contract dashboards rely on:
 | state            | yes      | 1   | JSON: counts, total, uptime, model id, faults, ...  |
 | count/<bin>      | yes      | 1   | integer                                             |
 | event            | no       | 1   | JSON per sorted item                                |
+| cmd/<name>       | no       | 1   | commands in (``edge.commands``)                     |
+| reply            | no       | 1   | one JSON reply per command                          |
+
+With ``mqtt.ha_discovery`` the bin announces itself to Home Assistant under
+``<ha_prefix>/…/config`` (retained), and again whenever ``<ha_prefix>/status``
+says ``online``.
 
 Everything network-bound runs in one background thread with its own paho
 loop, so a dead broker never slows the sorting loop: the daemon only writes
@@ -19,15 +25,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import ssl
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+import edge
 from edge.backoff import backoff_delay
+from edge.commands import Command, CommandError, parse_command
 from edge.config import MqttConfig
 from edge.errors import SmartbinError
 from edge.ledger import Ledger, Pending
@@ -43,6 +52,8 @@ class Topics:
         self.availability = f"{self.prefix}/availability"
         self.state = f"{self.prefix}/state"
         self.event = f"{self.prefix}/event"
+        self.commands = f"{self.prefix}/cmd/+"
+        self.reply = f"{self.prefix}/reply"
 
     def count(self, bin_id: str) -> str:
         return f"{self.prefix}/count/{bin_id}"
@@ -52,6 +63,72 @@ class Topics:
         if row.kind == "count":
             return self.count(row.key), True
         return self.event, False
+
+
+def discovery_documents(
+    ha_prefix: str, device_id: str, topics: Topics, bins: Sequence[str]
+) -> list[tuple[str, dict[str, Any]]]:
+    """Home Assistant MQTT discovery: a sensor per bin count, the total, the last item, a fault sensor."""
+    device = {
+        "identifiers": [f"smartbin_{device_id}"],
+        "name": f"smartbin {device_id}",
+        "manufacturer": "smartbin",
+        "model": "automatic waste-sorting bin",
+        "sw_version": edge.__version__,
+    }
+    common = {"availability_topic": topics.availability, "device": device}
+    node = re.sub(r"[^a-zA-Z0-9_-]", "_", device_id)
+    docs = [
+        (
+            f"{ha_prefix}/sensor/{node}/count_{bin_id}/config",
+            {
+                "name": f"{bin_id} count",
+                "unique_id": f"smartbin_{node}_count_{bin_id}",
+                "state_topic": topics.count(bin_id),
+                "state_class": "total_increasing",
+                "unit_of_measurement": "items",
+                "icon": "mdi:delete-variant",
+                **common,
+            },
+        )
+        for bin_id in bins
+    ]
+    docs += [
+        (
+            f"{ha_prefix}/sensor/{node}/total/config",
+            {
+                "name": "items sorted",
+                "unique_id": f"smartbin_{node}_total",
+                "state_topic": topics.state,
+                "value_template": "{{ value_json.total }}",
+                "state_class": "total_increasing",
+                "unit_of_measurement": "items",
+                **common,
+            },
+        ),
+        (
+            f"{ha_prefix}/sensor/{node}/last_item/config",
+            {
+                "name": "last item",
+                "unique_id": f"smartbin_{node}_last_item",
+                "state_topic": topics.event,
+                "value_template": "{{ value_json.item }} → {{ value_json.bin }}",
+                **common,
+            },
+        ),
+        (
+            f"{ha_prefix}/binary_sensor/{node}/fault/config",
+            {
+                "name": "fault",
+                "unique_id": f"smartbin_{node}_fault",
+                "state_topic": topics.state,
+                "value_template": "{{ 'ON' if value_json.faults else 'OFF' }}",
+                "device_class": "problem",
+                **common,
+            },
+        ),
+    ]
+    return docs
 
 
 def read_password(cfg: MqttConfig) -> str | None:
@@ -96,14 +173,21 @@ class Telemetry:
         device_id: str,
         ledger: Ledger,
         status: Callable[[], dict[str, Any]] = dict,
+        bins: Sequence[str] = (),
+        on_sort: Callable[[], None] | None = None,
     ) -> None:
         self.cfg, self.ledger, self.status = cfg, ledger, status
+        self.device_id, self.bins, self.on_sort = device_id, list(bins), on_sort
         self.topics = Topics(f"{cfg.topic_prefix}/{device_id}")
         self.client = make_client(cfg, device_id, self.topics)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self.connected = False
+        self.listening = False  # the broker has confirmed the command subscription
+        self._commands_mid: int | None = None
         self.fault: str | None = None
         self.started = time.time()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
@@ -187,11 +271,56 @@ class Telemetry:
             log.info("mqtt: connected to %s:%s again", self.cfg.host, self.cfg.port)
         self.connected, self.fault, self._attempts = True, None, 0
         client.publish(self.topics.availability, "online", qos=1, retain=True)
+        _, self._commands_mid = client.subscribe(self.topics.commands, qos=1)
+        if self.cfg.ha_discovery:
+            client.subscribe(f"{self.cfg.ha_prefix}/status", qos=1)
+            self._announce()
         self._publish_state()
+
+    def _announce(self) -> None:
+        for topic, doc in discovery_documents(self.cfg.ha_prefix, self.device_id, self.topics, self.bins):
+            self.client.publish(topic, json.dumps(doc, ensure_ascii=False), qos=1, retain=True)
+
+    def _on_message(self, client, userdata, message) -> None:
+        if message.topic == f"{self.cfg.ha_prefix}/status":
+            if message.payload == b"online":
+                self._announce()  # Home Assistant restarted and forgot us
+            return
+        name = message.topic.rsplit("/", 1)[-1]
+        reply: dict[str, Any] = {"command": name[:40], "ok": False, "request_id": None}
+        try:
+            command = parse_command(name, message.payload, self.device_id)
+            reply["request_id"] = command.request_id
+            reply.update(self._execute(command))
+            reply["ok"] = True
+        except CommandError as exc:
+            log.warning("mqtt: refused command on %s: %s", message.topic[:120], exc)
+            reply["error"] = str(exc)
+        except Exception as exc:  # a command must never take the daemon down
+            log.exception("mqtt: command %s failed", name[:40])
+            reply["error"] = f"internal error: {exc}"
+        client.publish(self.topics.reply, json.dumps(reply), qos=1)
+
+    def _execute(self, command: Command) -> dict[str, Any]:
+        if command.name == "ping":
+            return {"device_id": self.device_id, "version": edge.__version__}
+        if command.name == "reset_counts":
+            self.ledger.reset_counts()
+            log.warning("mqtt: counts reset by command")
+            self.notify()
+            return {"counts": self.ledger.counts()}
+        if self.on_sort is None:
+            raise CommandError("sort is not available: the sorting loop is not running")
+        self.on_sort()
+        return {}
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if mid == self._commands_mid:
+            self.listening = not any(rc.is_failure for rc in reason_codes)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected
-        self.connected = False
+        self.connected = self.listening = False
         if was and not self._stop.is_set():
             self._failed(f"lost broker {self.cfg.host}:{self.cfg.port} ({reason_code})")
 

@@ -11,6 +11,8 @@ import time
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge.config import MqttConfig
 from edge.ledger import Ledger, SortedItem
@@ -269,3 +271,105 @@ def test_tls_with_a_test_ca(tmp_path):
         assert wrong.fault.startswith("TLS with broker") and "ca_file" in wrong.fault
     finally:
         broker.stop()
+
+
+def publish(port: int, topic: str, payload: bytes) -> None:
+    """One QoS 1 message from a throwaway client; fails after 5 s rather than hang."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", port, 5)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1).wait_for_publish(timeout=5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@pytest.fixture()
+def live(broker, tmp_path):
+    """A running telemetry for bin-1 with a sort handler, and a subscriber on its replies."""
+    ledger = Ledger(tmp_path / "l.db")
+    sorts: list[int] = []
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port, keepalive_s=5)
+    telemetry = Telemetry(cfg, "bin-1", ledger, bins=BINS, on_sort=lambda: sorts.append(1))
+    telemetry.start()
+    sub = Subscriber(broker.port, "smartbin/bin-1/reply")
+    wait_for(lambda: telemetry.listening, what="subscribed to commands")
+    yield broker, telemetry, ledger, sub, sorts
+    telemetry.stop()
+    sub.close()
+
+
+def replies(sub: Subscriber) -> list[dict]:
+    return [json.loads(p) for p in sub.payloads("/reply")]
+
+
+def test_commands_are_validated_and_answered(live):
+    broker, telemetry, ledger, sub, sorts = live
+    sort(ledger, telemetry, 1)
+    publish(broker.port, "smartbin/bin-1/cmd/ping", b'{"request_id": "r-1"}')
+    wait_for(lambda: len(replies(sub)) == 1, what="ping reply")
+    assert replies(sub)[0] == {
+        "command": "ping",
+        "ok": True,
+        "request_id": "r-1",
+        "device_id": "bin-1",
+        "version": replies(sub)[0]["version"],
+    }
+    publish(broker.port, "smartbin/bin-1/cmd/reset_counts", b"{}")
+    wait_for(lambda: len(replies(sub)) == 2, what="refusal")
+    assert replies(sub)[1]["ok"] is False and "confirm" in replies(sub)[1]["error"]
+    assert ledger.counts() == {"kitchen": 1}
+    publish(broker.port, "smartbin/bin-1/cmd/reset_counts", b'{"confirm": "reset_counts"}')
+    wait_for(lambda: len(replies(sub)) == 3, what="reset reply")
+    assert ledger.counts() == {"kitchen": 0}
+    publish(broker.port, "smartbin/bin-1/cmd/sort", b"")
+    wait_for(lambda: len(replies(sub)) == 4, what="sort reply")
+    assert sorts == [1]
+    publish(broker.port, "smartbin/bin-2/cmd/sort", b"")  # another bin's command
+    publish(broker.port, "smartbin/bin-1/cmd/ping", b"")
+    wait_for(lambda: len(replies(sub)) == 5, what="ping after the other bin's command")
+    assert sorts == [1]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    # any name a client can publish: Mosquitto disconnects a publisher whose topic has control characters
+    name=st.text(
+        st.characters(whitelist_categories=("L", "N", "P", "S"), blacklist_characters="/+#"),
+        min_size=1,
+        max_size=20,
+    ),
+    payload=st.binary(max_size=300),
+)
+def test_hostile_commands_never_crash_and_each_gets_a_reply(live, name, payload):
+    broker, telemetry, ledger, sub, sorts = live
+    before = len(replies(sub))
+    publish(broker.port, f"smartbin/bin-1/cmd/{name}", payload)
+    wait_for(lambda: len(replies(sub)) == before + 1, what="one reply")
+    assert telemetry._thread.is_alive()
+
+
+def test_home_assistant_discovery_and_reannounce(live):
+    broker, telemetry, ledger, sub, sorts = live
+    ha = Subscriber(broker.port, "homeassistant/#", client_id="ha")
+    wait_for(lambda: len(ha.messages) >= len(BINS) + 3, what="discovery documents")
+    docs = {t: json.loads(p) for t, p, _ in ha.messages}
+    assert len(docs) == len(BINS) + 3
+    for topic, doc in docs.items():
+        assert topic.startswith("homeassistant/") and topic.endswith("/config")
+        for key in ("name", "unique_id", "state_topic", "availability_topic", "device"):
+            assert key in doc, (topic, key)
+        assert doc["availability_topic"] == "smartbin/bin-1/availability"
+        assert doc["device"]["identifiers"] == ["smartbin_bin-1"]
+    assert len({d["unique_id"] for d in docs.values()}) == len(docs)
+    counts = [d for d in docs.values() if d["state_topic"].startswith("smartbin/bin-1/count/")]
+    assert len(counts) == len(BINS) and all(d["state_class"] == "total_increasing" for d in counts)
+    assert any(t.startswith("homeassistant/binary_sensor/") for t in docs)
+    seen = len(ha.messages)
+    publish(broker.port, "homeassistant/status", b"online")
+    wait_for(lambda: len(ha.messages) >= seen + len(docs), what="re-announced after HA restart")
+    ha.close()
