@@ -21,6 +21,7 @@ from edge.evaluation import format_scores, plot_confusion, score_predictions
 from edge.images import expand_paths, labelled_images, read_image
 from edge.ledger import open_ledger
 from edge.taxonomy import load_taxonomy
+from edge.telemetry import diagnose
 
 log = logging.getLogger("smartbin")
 
@@ -32,6 +33,7 @@ examples:
                                                accuracy on labelled photos
   smartbin servo cycle                         visit every bin (after installation)
   smartbin counts                              items sorted per bin, from the ledger
+  smartbin mqtt test                           which step of the broker connection fails
   smartbin config                              every config key with its default
 
 The model is the bundle shipped in models/ unless --model or the config's
@@ -92,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="device config YAML (default: built-in defaults)")
     p.add_argument("--json", action="store_true", help="print as JSON")
+
+    p = sub.add_parser(
+        "mqtt",
+        help="check the connection to the MQTT broker",
+        description="Connect with the configured mqtt.* settings step by step (DNS, TCP, TLS, auth, "
+        "ACL) and say exactly which step fails and what to check.",
+    )
+    p.add_argument("action", choices=("test",))
+    p.add_argument("--config", help="device config YAML (default: built-in defaults)")
 
     sub.add_parser(
         "config",
@@ -251,7 +262,21 @@ def cmd_counts(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"classify": cmd_classify, "eval": cmd_eval, "servo": servo_cli.run, "counts": cmd_counts}
+def cmd_mqtt(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    steps = diagnose(config.mqtt, config.device_id)
+    for step, ok, detail in steps:
+        print(f"{'ok  ' if ok else 'FAIL'}  {step:<5} {detail}")
+    return 0 if all(ok for _, ok, _ in steps) else 1
+
+
+COMMANDS = {
+    "classify": cmd_classify,
+    "eval": cmd_eval,
+    "servo": servo_cli.run,
+    "counts": cmd_counts,
+    "mqtt": cmd_mqtt,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -373,3 +373,44 @@ def test_home_assistant_discovery_and_reannounce(live):
     publish(broker.port, "homeassistant/status", b"online")
     wait_for(lambda: len(ha.messages) >= seen + len(docs), what="re-announced after HA restart")
     ha.close()
+
+
+def mqtt_test(tmp_path, capsys, **mqtt) -> tuple[int, str]:
+    from edge.cli import main
+
+    config = tmp_path / "mqtt.yaml"
+    config.write_text("device_id: bin-8\nmqtt:\n" + "".join(f"  {k}: {v}\n" for k, v in mqtt.items()))
+    code = main(["mqtt", "test", "--config", str(config)])
+    return code, capsys.readouterr().out
+
+
+def test_mqtt_test_names_the_failing_step(tmp_path, capsys, monkeypatch):
+    from tests.broker import free_port
+
+    code, out = mqtt_test(tmp_path, capsys, host="127.0.0.1", port=free_port())
+    assert code == 1 and "ok    dns" in out and "FAIL  tcp" in out
+
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "bin-user", "s3cret"], check=True)
+    acl = tmp_path / "acl"
+    acl.write_text("user bin-user\ntopic readwrite smartbin/bin-8/#\nuser other\ntopic read $SYS/#\n")
+    broker = Broker(tmp_path, f"password_file {passwd}\nacl_file {acl}\n")
+    broker.conf.write_text(
+        broker.conf.read_text().replace("allow_anonymous true\n", "allow_anonymous false\n")
+    )
+    broker.start()
+    try:
+        monkeypatch.setenv("SMARTBIN_MQTT_PASSWORD", "s3cret")
+        code, out = mqtt_test(tmp_path, capsys, host="127.0.0.1", port=broker.port, username="bin-user")
+        assert code == 0 and [line.split()[1] for line in out.splitlines()] == ["dns", "tcp", "auth", "acl"]
+        monkeypatch.setenv("SMARTBIN_MQTT_PASSWORD", "nope")
+        code, out = mqtt_test(tmp_path, capsys, host="127.0.0.1", port=broker.port, username="bin-user")
+        assert code == 1 and "FAIL  auth" in out
+        subprocess.run(["mosquitto_passwd", "-b", str(passwd), "other", "pw"], check=True)
+        broker.stop()
+        broker.start()
+        monkeypatch.setenv("SMARTBIN_MQTT_PASSWORD", "pw")
+        code, out = mqtt_test(tmp_path, capsys, host="127.0.0.1", port=broker.port, username="other")
+        assert code == 1 and "ok    auth" in out and "FAIL  acl" in out
+    finally:
+        broker.stop()
