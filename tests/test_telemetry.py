@@ -114,28 +114,28 @@ time.sleep(60)
 """
 
 
-def test_a_killed_client_leaves_offline_and_delivers_on_restart(broker, tmp_path):
-    sub = Subscriber(broker.port, "smartbin/bin-9/#")
-    db = tmp_path / "client.db"
-    first = subprocess.Popen(
-        [sys.executable, "-c", CLIENT, str(broker.port), str(db), "40"],
+def run_client(port: int, db, items: int) -> subprocess.Popen:
+    """The client process: it sorts ``items`` items, says so, and keeps publishing until killed."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, str(port), str(db), str(items)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert first.stdout.readline().strip() == "sorted"
+    assert process.stdout.readline().strip() == "sorted"
+    return process
+
+
+def test_a_killed_client_leaves_offline_and_delivers_on_restart(broker, tmp_path):
+    sub = Subscriber(broker.port, "smartbin/bin-9/#")
+    db = tmp_path / "client.db"
+    first = run_client(broker.port, db, 40)
     wait_for(lambda: sub.latest("/availability") == b"online", what="online")
     first.send_signal(signal.SIGKILL)
     first.wait()
     wait_for(lambda: sub.latest("/availability") == b"offline", what="the last will")
 
-    again = subprocess.Popen(
-        [sys.executable, "-c", CLIENT, str(broker.port), str(db), "0"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert again.stdout.readline().strip() == "sorted"
+    again = run_client(broker.port, db, 0)
     wait_for(lambda: len(set(sub.event_ids())) == 40, timeout_s=15, what="every event of the killed run")
     wait_for(lambda: sub.latest("/count/other") == b"40", what="count 40")
     again.send_signal(signal.SIGKILL)
