@@ -139,5 +139,9 @@ def save_bin(path: Path, bin_id: str, pulse: float) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         yaml.dump(data, fh)
+    try:
+        load_config(tmp)  # check before replacing: a bad save must not break the device's config
+    except SmartbinError:
+        tmp.unlink()
+        raise
     tmp.replace(path)
-    load_config(path)  # the saved file must still be valid
