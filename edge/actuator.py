@@ -353,12 +353,17 @@ class Actuator:
         cal = self.cal
         self.controller.move(cal.channel, cal.checked(cal.home_us, "home"), cal.move_timeout_s)
 
-    def sort(self, bin_id: str) -> None:
+    def sort(self, bin_id: str) -> dict[str, float]:
+        """Tip into the bin and come back; returns how long the move and the return took (ms)."""
         cal = self.cal
         target = cal.target(bin_id)
+        start = time.monotonic()
         self.controller.move(cal.channel, target, cal.move_timeout_s)
+        moved = time.monotonic()
         time.sleep(cal.dwell_s)
+        returning = time.monotonic()
         self.home()
+        return {"move_ms": (moved - start) * 1000, "home_ms": (time.monotonic() - returning) * 1000}
 
 
 class ServoSupervisor:
@@ -412,11 +417,24 @@ class ServoSupervisor:
         self.actuator, self.fault, self.attempts = Actuator(controller, self.cal), None, 0
         return self.actuator
 
-    def sort(self, bin_id: str) -> None:
+    @property
+    def ready(self) -> bool:
+        """Connected, or due for another try."""
+        return self.actuator is not None or self.clock() >= self.retry_at
+
+    def sort(self, bin_id: str) -> dict[str, float]:
         self.cal.target(bin_id)  # a calibration problem is not a controller fault
         actuator = self._connected()
         try:
-            actuator.sort(bin_id)
+            return actuator.sort(bin_id)
+        except ActuatorFault as fault:
+            raise self._failed(fault.reason) from None
+
+    def home(self) -> None:
+        """Connect if needed and send the tray home (at start, and before exit)."""
+        actuator = self._connected()
+        try:
+            actuator.home()
         except ActuatorFault as fault:
             raise self._failed(fault.reason) from None
 

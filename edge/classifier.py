@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from edge.bundle import Bundle
+from edge.bundle import Bundle, load_bundle
+from edge.config import DEFAULT_BUNDLE, ModelConfig
 from edge.errors import SmartbinError
 from edge.preprocess import dequantize, prepare, quantize
+from edge.taxonomy import load_taxonomy
 
 RUNTIMES = (
     ("ai_edge_litert.interpreter", "ai-edge-litert"),
@@ -98,3 +100,14 @@ class Classifier:
     def predict(self, frame_bgr: np.ndarray) -> np.ndarray:
         """Item probabilities, in the order of ``self.labels``."""
         return self.predict_tensor(self.input_tensor(frame_bgr))
+
+
+def load_classifier(
+    cfg: ModelConfig, bundle: str | None = None, taxonomy: str | None = None, threads: int | None = None
+) -> Classifier:
+    """The configured bundle (or the shipped default), checked against the configured taxonomy."""
+    taxonomy = taxonomy or cfg.taxonomy
+    chosen = load_taxonomy(taxonomy) if taxonomy else None
+    return Classifier(
+        load_bundle(bundle or cfg.bundle or DEFAULT_BUNDLE, chosen), threads=threads or cfg.threads
+    )

@@ -5,28 +5,34 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge import servo_cli
-from edge.bundle import load_bundle
-from edge.classifier import Classifier
+from edge import check, demo, servo_cli
+from edge.classifier import Classifier, load_classifier
 from edge.config import DEFAULT_BUNDLE, Config, describe, load_config
+from edge.daemon import Daemon, pid_file
 from edge.decision import decide
 from edge.errors import SmartbinError
 from edge.evaluation import format_scores, plot_confusion, score_predictions
 from edge.images import expand_paths, labelled_images, read_image
 from edge.ledger import open_ledger
-from edge.taxonomy import load_taxonomy
 from edge.telemetry import diagnose
 
 log = logging.getLogger("smartbin")
 
 EPILOG = """\
 examples:
+  smartbin demo                                the whole bin, with a simulated camera and servo
+  smartbin run --config /etc/smartbin/smartbin.yaml
+                                               the service (systemd starts it)
+  smartbin check --config /etc/smartbin/smartbin.yaml
+                                               after installation: each part, pass or fail
   smartbin classify photo.jpg                  item, bin and confidence for one photo
   smartbin classify photos/ --json             every photo in a folder, as JSON lines
   smartbin eval --data runs/garbage12/test_split --plots out/
@@ -40,6 +46,31 @@ The model is the bundle shipped in models/ unless --model or the config's
 model.bundle names another. Exit status: 0 ok, 1 some photos were skipped,
 2 an error stopped the command (the message says what to fix).
 """
+
+
+SYSLOG_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
+
+
+class JournalFormatter(logging.Formatter):
+    """``<priority>name: message``: journald files each line at its level, and stamps the time itself."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{SYSLOG_PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):  # stderr goes to the journal
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -58,6 +89,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run",
+        help="the sorting service: camera, trigger, model, servo, ledger, MQTT",
+        description="Run the sorting loop until SIGTERM. systemd starts it (systemd/smartbin.service); "
+        "it tells systemd when it is ready and pings the watchdog. SIGHUP reloads the config and "
+        "taxonomy (an invalid file is refused and the running config kept); SIGUSR1 sorts what is "
+        "on the tray now. Exit status 0 after a clean stop, 2 when the config, model or ledger "
+        "cannot be used (the message says what to fix).",
+    )
+    p.add_argument("--config", help="device config YAML (default: built-in defaults)")
+
+    p = sub.add_parser(
+        "check",
+        help="check each part after installation: config, model, ledger, camera, servo, MQTT",
+        description="Validate the config, then open the model, ledger, camera, servo controller "
+        "and MQTT broker one by one, with a pass/fail line each. Nothing moves. Stop the service "
+        "first (sudo systemctl stop smartbin): it holds the camera and the serial port. "
+        "Exit status 0 when every part passes, 1 otherwise.",
+    )
+    p.add_argument("--config", help="device config YAML (default: built-in defaults)")
+    p.add_argument(
+        "--only",
+        help=f"comma-separated parts to check (default: all of {','.join(check.PARTS)})",
+    )
+
+    p = sub.add_parser(
+        "demo",
+        help="run the real daemon with a simulated camera and servo (no hardware needed)",
+        description=demo.__doc__.split("\n", 1)[1].strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--source",
+        nargs="+",
+        metavar="PATH",
+        help="photos or folders of photos to put on the simulated tray, or one video file to "
+        "replay as the camera (default: drawn synthetic items)",
+    )
+    p.add_argument("--synthetic", type=int, default=8, help="how many synthetic items (default 8)")
+    p.add_argument("--model", help="model bundle folder (default: the shipped one)")
+    p.add_argument(
+        "--broker", default="localhost:1883", help="MQTT broker HOST:PORT (default localhost:1883)"
+    )
+    p.add_argument("--state", help="folder for the ledger and review frames (default: a new temporary one)")
+    p.add_argument("--fps", type=float, default=10.0, help="simulated camera frame rate (0 = flat out)")
+    p.add_argument("--dwell", type=float, default=0.3, help="seconds the tray stays tipped (default 0.3)")
+
+    p = sub.add_parser(
+        "sort",
+        help="sort what is on the tray now (signals the running service)",
+        description="Ask the running `smartbin run` to classify and sort what is on the tray now, "
+        "whatever the trigger says (SIGUSR1 to the pid in its state directory). Run it as the "
+        "smartbin user or root; `sudo systemctl kill -s USR1 smartbin` does the same.",
+    )
+    p.add_argument("--config", help="device config YAML (default: built-in defaults)")
 
     p = sub.add_parser(
         "classify",
@@ -114,10 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args: argparse.Namespace) -> tuple[Config, Classifier]:
     config = load_config(args.config)
-    m = config.model
-    taxonomy = load_taxonomy(args.taxonomy or m.taxonomy) if (args.taxonomy or m.taxonomy) else None
-    bundle = load_bundle(args.model or m.bundle or DEFAULT_BUNDLE, taxonomy)
-    return config, Classifier(bundle, threads=args.threads or m.threads)
+    return config, load_classifier(config.model, args.model, args.taxonomy, args.threads)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -270,7 +354,57 @@ def cmd_mqtt(args: argparse.Namespace) -> int:
     return 0 if all(ok for _, ok, _ in steps) else 1
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    daemon = Daemon(config, args.config)
+    daemon.install_signals()
+    return daemon.run()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except SmartbinError as exc:
+        print(f"FAIL  config  {exc.problem}; fix: {exc.fix}")
+        return 1
+    print(f"ok    config  {args.config or 'built-in defaults'} is valid")
+    parts = tuple(args.only.split(",")) if args.only else check.PARTS
+    unknown = set(parts) - set(check.PARTS)
+    if unknown:
+        raise SmartbinError(f"--only {args.only}: unknown part(s) {sorted(unknown)}", f"use {check.PARTS}")
+    failed = 0
+    for part, ok, detail in check.run_checks(config, parts):
+        failed += not ok
+        print(f"{'ok  ' if ok else 'FAIL'}  {part:<7} {detail}", flush=True)
+    return 1 if failed else 0
+
+
+def cmd_sort(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    path = pid_file(config)
+    try:
+        pid = int(path.read_text())
+        os.kill(pid, signal.SIGUSR1)
+    except (FileNotFoundError, ValueError):
+        raise SmartbinError(
+            f"no running smartbin found ({path} is missing or unreadable)",
+            "start it (sudo systemctl start smartbin) and give the same --config",
+        ) from None
+    except ProcessLookupError:
+        raise SmartbinError(f"smartbin (pid {pid} in {path}) is not running", "start it") from None
+    except PermissionError:
+        raise SmartbinError(
+            f"not allowed to signal smartbin (pid {pid})", "sudo systemctl kill -s USR1 smartbin"
+        ) from None
+    print(f"asked smartbin (pid {pid}) to sort what is on the tray now")
+    return 0
+
+
 COMMANDS = {
+    "run": cmd_run,
+    "check": cmd_check,
+    "demo": demo.run_demo,
+    "sort": cmd_sort,
     "classify": cmd_classify,
     "eval": cmd_eval,
     "servo": servo_cli.run,
@@ -281,11 +415,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.verbose)
     if args.command == "config":
         print(describe())
         return 0

@@ -12,7 +12,7 @@ import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import yaml
 
@@ -147,6 +147,135 @@ class MqttConfig:
 
 
 @dataclass
+class CameraConfig:
+    source: Union[int, str] = opt(
+        0,
+        "camera index (0), device (/dev/video0), GStreamer pipeline (ending in appsink), rtsp:// "
+        "URL, video file, or a folder of images replayed in name order",
+    )
+    width: Optional[int] = opt(640, "capture width in pixels; empty = the camera's default")
+    height: Optional[int] = opt(480, "capture height in pixels; empty = the camera's default")
+    fps: Optional[float] = opt(15.0, "capture frames per second; empty = the camera's default")
+    exposure: Optional[float] = opt(
+        None, "manual exposure in the driver's units (v4l2-ctl -l shows the range); empty = automatic"
+    )
+    replay_fps: float = opt(
+        10.0,
+        "video file or image folder: frames per second replayed; 0 = as fast as they are read",
+        lambda x: x >= 0,
+        ">= 0",
+    )
+    dark_level: float = opt(
+        20.0,
+        "mean brightness (0-255) below which the view is dark or the lens covered: reported, not classified",
+        lambda x: 0 <= x <= 255,
+        "0 to 255",
+    )
+    black_frames: int = opt(
+        30,
+        "consecutive black frames (no signal) after which the camera is a fault and reopened",
+        lambda n: n >= 1,
+        ">= 1",
+    )
+    retry_max_s: float = opt(
+        30.0, "longest wait between attempts to reopen a failed camera", lambda x: x >= 1, ">= 1"
+    )
+
+
+def roi_valid(roi: list) -> bool:
+    x, y, w, h = roi if len(roi) == 4 else (-1, -1, -1, -1)
+    return 0 <= x < 1 and 0 <= y < 1 and 0 < w <= 1 - x + 1e-9 and 0 < h <= 1 - y + 1e-9
+
+
+@dataclass
+class TriggerConfig:
+    mode: str = opt(
+        "presence",
+        "presence (an item lands on the tray and settles), continuous (classify every "
+        "every_frames; needs a model with an 'empty' label) or manual (only the sort command)",
+        lambda m: m in ("presence", "continuous", "manual"),
+        "presence, continuous or manual",
+    )
+    roi: Optional[List[float]] = opt(
+        None,
+        "region of the tray watched, [x, y, width, height] as fractions of the frame; empty = all of it",
+        roi_valid,
+        "[x, y, width, height], fractions of the frame inside 0..1",
+    )
+    pixel_level: float = opt(
+        25.0,
+        "grey-level change (0-255) from the empty tray that marks a pixel as changed",
+        lambda x: 0 < x < 255,
+        "1 to 254",
+    )
+    area: float = opt(
+        0.03, "share of the region that must change for an item to be present", unit_interval, "0 to 1"
+    )
+    still: float = opt(
+        0.01,
+        "share of the region that may change between two frames while the item counts as still",
+        unit_interval,
+        "0 to 1",
+    )
+    settle_frames: int = opt(
+        3, "consecutive present-and-still frames before the item counts as settled", lambda n: n >= 1, ">= 1"
+    )
+    empty_frames: int = opt(
+        3, "consecutive empty-tray frames that re-arm the trigger after a sort", lambda n: n >= 1, ">= 1"
+    )
+    rearm_timeout_s: float = opt(
+        15.0,
+        "after a sort, if the tray never looks empty again (a stuck item), learn the tray as it is "
+        "and re-arm, so that the same item is never counted twice",
+        lambda x: x > 0,
+        "> 0",
+    )
+    learn_frames: int = opt(10, "frames averaged to learn the empty tray at start", lambda n: n >= 1, ">= 1")
+    adapt_rate: float = opt(
+        0.02,
+        "how fast the learned empty tray follows slow lighting changes while empty (0 = never)",
+        unit_interval,
+        "0 to 1",
+    )
+    every_frames: int = opt(30, "continuous: classify once every this many frames", lambda n: n >= 1, ">= 1")
+
+
+@dataclass
+class SortingConfig:
+    vote_frames: int = opt(
+        3,
+        "frames of the settled item classified and averaged (the multi-frame vote)",
+        lambda n: n >= 1,
+        ">= 1",
+    )
+    move_attempts: int = opt(
+        3,
+        "tries to tip an item before it is parked: left on the tray for a person, logged as a fault, "
+        "not counted",
+        lambda n: n >= 1,
+        ">= 1",
+    )
+    review_folder: Optional[str] = opt(
+        None,
+        "where uncertain items' frames (+ probabilities JSON) are kept for labelling; "
+        "empty = $STATE_DIRECTORY/review",
+    )
+    review_max: int = opt(
+        500,
+        "uncertain items kept in the review folder, oldest deleted first; 0 = keep none",
+        lambda n: n >= 0,
+        ">= 0",
+    )
+    ready_timeout_s: float = opt(
+        30.0,
+        "at start, how long to wait for the camera and the servo controller before reporting "
+        "READY anyway, with the missing part as a fault on the state topic",
+        lambda x: x >= 0,
+        ">= 0",
+    )
+
+
+@dataclass
 class Config:
     device_id: str = opt(
         "smartbin-dev",
@@ -158,6 +287,11 @@ class Config:
     servo: ServoConfig = field(default_factory=ServoConfig, metadata={"help": "the tray servo"})
     ledger: LedgerConfig = field(default_factory=LedgerConfig, metadata={"help": "counts and the outbox"})
     mqtt: MqttConfig = field(default_factory=MqttConfig, metadata={"help": "the building's MQTT broker"})
+    camera: CameraConfig = field(default_factory=CameraConfig, metadata={"help": "the camera over the tray"})
+    trigger: TriggerConfig = field(
+        default_factory=TriggerConfig, metadata={"help": "when an item is there to classify"}
+    )
+    sorting: SortingConfig = field(default_factory=SortingConfig, metadata={"help": "the sorting loop"})
 
 
 def _type_name(tp: Any) -> str:
@@ -171,7 +305,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        tp = args[0]
+        for alternative in args[:-1]:
+            try:
+                return _coerce(value, alternative, key, source)
+            except SmartbinError:
+                pass
+        tp = args[-1]
     if dataclasses.is_dataclass(tp):
         return build_dataclass(tp, value, key, source)
     if typing.get_origin(tp) is list:

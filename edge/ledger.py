@@ -20,14 +20,12 @@ import json
 import os
 import sqlite3
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from edge.config import LedgerConfig
 from edge.errors import SmartbinError
-
-SCHEMA_VERSION = 1
 
 
 def run_script(db: sqlite3.Connection, script: str) -> None:
@@ -57,8 +55,13 @@ def _schema_1(db: sqlite3.Connection) -> None:
     )
 
 
+def _schema_2(db: sqlite3.Connection) -> None:
+    """Each event keeps the time of each stage (capture, classify, move, ...) in ms, as JSON."""
+    db.execute("ALTER TABLE events ADD COLUMN stages TEXT NOT NULL DEFAULT '{}'")
+
+
 # MIGRATIONS[n] takes a database at version n to n + 1. Append; never edit a released step.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_1, _schema_2]
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class SortedItem:
     uncertain: bool
     latency_ms: float
     model_id: str
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,8 @@ class Ledger:
             )
             count = self.db.execute("SELECT count FROM counts WHERE bin = ?", (item.bin,)).fetchone()[0]
             self.db.execute(
-                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events (id, time, item, bin, confidence, uncertain, latency_ms, model_id, "
+                "stages) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     item.id,
                     item.time,
@@ -161,6 +166,7 @@ class Ledger:
                     int(item.uncertain),
                     item.latency_ms,
                     item.model_id,
+                    json.dumps(item.stages),
                 ),
             )
             payload = json.dumps(asdict(item), separators=(",", ":"))
@@ -180,11 +186,7 @@ class Ledger:
                 "(SELECT seq FROM outbox WHERE kind = 'event' ORDER BY seq LIMIT ?)",
                 (excess,),
             )
-            self.db.execute(
-                "INSERT INTO meta VALUES ('dropped_events', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
-                (excess,),
-            )
+            self._bump("dropped_events", excess)
         self.db.execute(
             "DELETE FROM events WHERE rowid IN "
             "(SELECT rowid FROM events ORDER BY time DESC LIMIT -1 OFFSET ?)",
@@ -201,10 +203,27 @@ class Ledger:
         with self._lock:
             return dict(self.db.execute("SELECT bin, count FROM counts ORDER BY bin").fetchall())
 
-    def dropped_events(self) -> int:
+    def _bump(self, key: str, n: int = 1) -> None:
+        self.db.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+            (key, n),
+        )
+
+    def _meta(self, key: str) -> int:
         with self._lock:
-            row = self.db.execute("SELECT value FROM meta WHERE key = 'dropped_events'").fetchone()
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             return row[0] if row else 0
+
+    def dropped_events(self) -> int:
+        return self._meta("dropped_events")
+
+    def record_parked(self) -> None:
+        """An item that could not be tipped and was left on the tray: a fault, not a sort."""
+        with self._lock, self._transaction():
+            self._bump("parked_items")
+
+    def parked_items(self) -> int:
+        return self._meta("parked_items")
 
     def pending(self, limit: int = 100) -> list[Pending]:
         """Unacknowledged messages, oldest first."""
@@ -221,8 +240,12 @@ class Ledger:
 
     def events(self, limit: int = 20) -> list[SortedItem]:
         with self._lock:
-            rows = self.db.execute("SELECT * FROM events ORDER BY time DESC LIMIT ?", (limit,)).fetchall()
-        return [SortedItem(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7]) for r in rows]
+            rows = self.db.execute(
+                "SELECT id, time, item, bin, confidence, uncertain, latency_ms, model_id, stages "
+                "FROM events ORDER BY time DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [SortedItem(*r[:5], bool(r[5]), r[6], r[7], json.loads(r[8])) for r in rows]
 
     def close(self) -> None:
         with self._lock:

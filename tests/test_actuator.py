@@ -27,7 +27,7 @@ from edge.actuator import (
 )
 from edge.backoff import backoff_delay
 from edge.errors import SmartbinError
-from tests.emulators import LineEmulator, MaestroEmulator
+from edge.servo_emulator import LineEmulator, MaestroEmulator
 
 CAL = Calibration(
     channel=0,

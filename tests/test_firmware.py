@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
+from edge.servo_emulator import LineEmulator
 from tests.conftest import REPO
-from tests.emulators import LineEmulator
 
 FIRMWARE = REPO / "deploy" / "firmware"
 SOURCE = (FIRMWARE / "smartbin_servo.c").read_text()

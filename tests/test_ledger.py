@@ -18,7 +18,17 @@ from tests.conftest import REPO
 
 
 def item(bin_id: str = "kitchen", n: int = 0) -> SortedItem:
-    return SortedItem(str(uuid.uuid4()), 1_700_000_000.0 + n, "banana-peel", bin_id, 0.93, False, 412.5, "m1")
+    return SortedItem(
+        str(uuid.uuid4()),
+        1_700_000_000.0 + n,
+        "banana-peel",
+        bin_id,
+        0.93,
+        False,
+        412.5,
+        "m1",
+        {"capture_ms": 1.0, "move_ms": 2.0},
+    )
 
 
 def test_a_sort_is_counted_and_queued(tmp_path):
@@ -120,8 +130,21 @@ def test_a_migration_keeps_the_counts(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ledger_module, "MIGRATIONS", [*ledger_module.MIGRATIONS, rebuild_counts])
     migrated = Ledger(tmp_path / "l.db")
-    assert migrated.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert migrated.db.execute("PRAGMA user_version").fetchone()[0] == len(ledger_module.MIGRATIONS) == 3
     assert migrated.counts() == {"hazardous": 3}
+
+
+def test_a_version_1_ledger_gains_stage_times_and_keeps_its_events(tmp_path, monkeypatch):
+    monkeypatch.setattr(ledger_module, "MIGRATIONS", ledger_module.MIGRATIONS[:1])
+    old = Ledger(tmp_path / "l.db")
+    old.db.execute("INSERT INTO events VALUES ('e1', 1.0, 'battery', 'hazardous', 0.9, 0, 12.0, 'm')")
+    old.close()
+    monkeypatch.undo()
+    new = Ledger(tmp_path / "l.db")
+    (event,) = new.events()
+    assert (event.id, event.item, event.stages) == ("e1", "battery", {})
+    new.record(item("kitchen"))
+    assert new.events()[0].stages == {"capture_ms": 1.0, "move_ms": 2.0}
 
 
 def test_a_newer_schema_is_refused_untouched(tmp_path):
@@ -190,7 +213,7 @@ def test_a_failing_migration_leaves_the_old_schema_and_counts(tmp_path, monkeypa
         Ledger(tmp_path / "l.db")
     monkeypatch.undo()
     again = Ledger(tmp_path / "l.db")
-    assert again.db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert again.db.execute("PRAGMA user_version").fetchone()[0] == len(ledger_module.MIGRATIONS)
     assert again.counts() == {"kitchen": 1}
 
 

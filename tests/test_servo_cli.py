@@ -6,8 +6,8 @@ import pytest
 
 from edge.cli import main
 from edge.config import Config, load_config
+from edge.servo_emulator import LineEmulator, MaestroEmulator
 from tests.conftest import REPO
-from tests.emulators import LineEmulator, MaestroEmulator
 
 CONFIG = """\
 # bin 7, third floor

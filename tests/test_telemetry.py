@@ -53,7 +53,17 @@ def test_events_state_and_counts_reach_a_subscriber(broker, tmp_path):
         sort(ledger, telemetry, n)
     wait_for(lambda: len(sub.event_ids()) == 6 and not ledger.pending(), what="6 events acknowledged")
     event = json.loads(sub.payloads("/event")[0])
-    assert set(event) == {"id", "time", "item", "bin", "confidence", "uncertain", "latency_ms", "model_id"}
+    assert set(event) == {
+        "id",
+        "time",
+        "item",
+        "bin",
+        "confidence",
+        "uncertain",
+        "latency_ms",
+        "model_id",
+        "stages",
+    }
     wait_for(lambda: sub.latest("/count/kitchen") == b"2", what="kitchen count 2")
     wait_for(lambda: json.loads(sub.latest("/state") or b"{}").get("total") == 6, what="state total 6")
     state = json.loads(sub.latest("/state"))

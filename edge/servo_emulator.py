@@ -1,8 +1,9 @@
 """Servo controllers emulated on the far end of a real pseudo-terminal.
 
-The driver under test opens the pty's slave path with pyserial, exactly as it
-opens /dev/ttyACM0 on a bin; these emulators sit on the master side and speak
-the real byte protocols. ``mode`` switches on the faults a field unit shows.
+The driver opens the pty's slave path with pyserial, exactly as it opens
+/dev/ttyACM0 on a bin; these emulators sit on the master side and speak the
+real byte protocols. ``mode`` switches on the faults a field unit shows. The
+tests use them, and so does ``smartbin demo``, which has no servo board.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import os
 import select
 import threading
 import tty
+from typing import Callable
 
 
 class PtyEmulator:
     """Base: a pty pair and a thread that feeds received bytes to ``handle``."""
 
-    def __init__(self, mode: str = "ok") -> None:
-        self.mode = mode
+    def __init__(self, mode: str = "ok", on_move: Callable[[int, float], None] | None = None) -> None:
+        self.mode, self.on_move = mode, on_move
         self.master, slave = os.openpty()
         tty.setraw(slave)
         self.port = os.ttyname(slave)
@@ -54,6 +56,11 @@ class PtyEmulator:
     def handle(self, data: bytes) -> None:
         raise NotImplementedError
 
+    def moved(self, channel: int, pulse_us: float) -> None:
+        """Tell whoever watches the servo (the demo's simulated tray) where it now points."""
+        if self.on_move is not None:
+            self.on_move(channel, pulse_us)
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=1)
@@ -71,13 +78,19 @@ class MaestroEmulator(PtyEmulator):
     never reaches its target), errors (error bits set), unplug_on_move.
     """
 
-    def __init__(self, mode: str = "ok", device: int = 12, error_bits: int = 0) -> None:
+    def __init__(
+        self,
+        mode: str = "ok",
+        device: int = 12,
+        error_bits: int = 0,
+        on_move: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.device, self.error_bits = device, error_bits
         self.targets: dict[int, int] = {}
         self.positions: dict[int, int] = {}
         self.commands: list[bytes] = []
         self._buffer = bytearray()
-        super().__init__(mode)
+        super().__init__(mode, on_move)
 
     def handle(self, data: bytes) -> None:
         self._buffer += data
@@ -116,6 +129,7 @@ class MaestroEmulator(PtyEmulator):
                 return
             if self.mode != "stuck":
                 self.positions[channel] = target
+                self.moved(channel, target / 4)
             return
         if command in (0x87, 0x89):
             return
@@ -141,11 +155,11 @@ class LineEmulator(PtyEmulator):
 
     NAME, VERSION, MIN_US, MAX_US = "smartbin-servo", "0.1.0", 900, 2100
 
-    def __init__(self, mode: str = "ok") -> None:
+    def __init__(self, mode: str = "ok", on_move: Callable[[int, float], None] | None = None) -> None:
         self._buffer = bytearray()
         self.positions: dict[int, int] = {}
         self.lines: list[str] = []
-        super().__init__(mode)
+        super().__init__(mode, on_move)
 
     def handle(self, data: bytes) -> None:
         self._buffer += data
@@ -174,6 +188,7 @@ class LineEmulator(PtyEmulator):
                 answer = f"ERR 3 pulse {pulse} outside {self.MIN_US}..{self.MAX_US}"
             else:
                 self.positions[channel] = pulse
+                self.moved(channel, pulse)
                 answer = f"OK {channel} {pulse}"
         elif command in ("POS", "DETACH") and len(args) == 1 and args[0].isdigit():
             channel = int(args[0])

@@ -1,0 +1,108 @@
+"""``smartbin check``: after installation, try each part in turn and say which one fails and why.
+
+It validates the config, then opens the model, the ledger, the camera, the
+servo controller and the MQTT broker one by one. Nothing moves: the servo
+controller is only pinged. Run it while the service is stopped, since the
+service holds the camera and the serial port.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge.actuator import ActuatorFault, open_controller
+from edge.classifier import load_classifier
+from edge.config import Config
+from edge.errors import SmartbinError
+from edge.ledger import open_ledger
+from edge.source import SourceFault, dark_view, is_black, open_source, source_fix
+from edge.telemetry import diagnose
+
+PARTS = ("model", "ledger", "camera", "servo", "mqtt")
+Result = tuple[str, bool, str]
+
+
+def check_model(config: Config) -> list[Result]:
+    classifier = load_classifier(config.model)
+    spec = classifier.spec
+    probabilities = classifier.predict(np.full((spec.height, spec.width, 3), 128, np.uint8))
+    if not np.isfinite(probabilities).all():
+        return [("model", False, f"{classifier.bundle.model_id} gives non-finite output; export it again")]
+    return [
+        (
+            "model",
+            True,
+            f"{classifier.bundle.model_id} runs on {classifier.runtime} ({len(classifier.labels)} items, "
+            f"taxonomy {classifier.bundle.taxonomy.name})",
+        )
+    ]
+
+
+def check_ledger(config: Config) -> list[Result]:
+    ledger = open_ledger(config.ledger)
+    try:
+        total, waiting = sum(ledger.counts().values()), len(ledger.pending(1_000_000))
+    finally:
+        ledger.close()
+    return [("ledger", True, f"{ledger.path}: {total} items counted, {waiting} messages wait for the broker")]
+
+
+def check_camera(config: Config, tries: int = 10) -> list[Result]:
+    try:
+        source = open_source(config.camera)
+    except SourceFault as exc:
+        return [("camera", False, f"{exc.reason}; {source_fix(config.camera.source)}")]
+    try:
+        for _ in range(tries):  # cameras often give a few black frames while they start
+            frame = source.read()
+            if frame is None:
+                return [("camera", False, f"{source.description} gave no frame")]
+            if not is_black(frame):
+                break
+        else:
+            return [("camera", False, f"{source.description} gives black frames (no signal)")]
+    except SourceFault as exc:
+        return [("camera", False, f"{exc.reason}; {source_fix(config.camera.source)}")]
+    finally:
+        source.close()
+    h, w = frame.shape[:2]
+    dark = dark_view(frame, config.camera.dark_level)
+    if dark:
+        return [("camera", False, f"{source.description}: {dark}; light the tray or uncover the lens")]
+    return [("camera", True, f"{w}x{h} frames from {source.description}")]
+
+
+def check_servo(config: Config) -> list[Result]:
+    try:
+        controller = open_controller(config.servo)
+    except ActuatorFault as fault:
+        return [("servo", False, f"{config.servo.port}: {fault.reason}")]
+    try:
+        answer = controller.ping()
+    except ActuatorFault as fault:
+        return [("servo", False, f"{config.servo.port}: {fault.reason}")]
+    finally:
+        controller.close()
+    return [("servo", True, f"{answer} on {config.servo.port} ({config.servo.protocol})")]
+
+
+def check_mqtt(config: Config) -> list[Result]:
+    return [(f"mqtt {step}", ok, detail) for step, ok, detail in diagnose(config.mqtt, config.device_id)]
+
+
+CHECKS = {
+    "model": check_model,
+    "ledger": check_ledger,
+    "camera": check_camera,
+    "servo": check_servo,
+    "mqtt": check_mqtt,
+}
+
+
+def run_checks(config: Config, parts: tuple[str, ...] = PARTS):
+    """Yield a result per part as it is checked; a part's SmartbinError is its failure line."""
+    for part in parts:
+        try:
+            yield from CHECKS[part](config)
+        except SmartbinError as exc:
+            yield part, False, f"{exc.problem}; fix: {exc.fix}" if exc.fix else exc.problem
