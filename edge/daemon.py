@@ -329,6 +329,7 @@ class Daemon:
             return
         self.tray_fault = None
         self.sorted_this_run += 1
+        self._status_at = 0.0
         self.last_item = {"item": d.item, "bin": d.bin, "time": round(sorted_item.time)}
         self.telemetry.notify()
         log.info(
@@ -388,10 +389,11 @@ class Daemon:
             self.notifier.watchdog()
             self._watchdog_at = now + interval
         faults = self.faults()
-        if faults.keys() - {"mqtt"} != self._faults.keys() - {"mqtt"}:
-            self.telemetry.notify()  # republish the state with the faults
-        self._faults = faults
-        if now >= self._status_at:
+        if faults != self._faults:
+            if faults.keys() - {"mqtt"} != self._faults.keys() - {"mqtt"}:
+                self.telemetry.notify()  # republish the state with the faults
+            self._faults, self._status_at = faults, 0.0
+        if now >= self._status_at:  # at once after a change, else every few seconds
             self._status_at = now + STATUS_EVERY_S
             text = self.status_text()
             if text != self._status_text:

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 
 def review_name(when: float, item_id: str) -> str:
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(when)) + f"-{item_id[:12]}"
+    """Sorts by time (UTC, to the microsecond), so the oldest are first in name order."""
+    micro = int(round(when * 1e6)) % 1_000_000
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(when)) + f".{micro:06d}-{item_id[:12]}"
 
 
 def save_for_review(

@@ -76,6 +76,7 @@ class SimulatedTray:
         synthetic: int = 8,
         fps: float = 10.0,
         gap_frames: int = 8,
+        lead_frames: int = 20,
         home_us: float = 1500.0,
         seed: int = 0,
     ) -> None:
@@ -93,7 +94,7 @@ class SimulatedTray:
         self.current_name: str | None = None
         self.current_label: str | None = None
         self.tipped = False
-        self._gap = gap_frames
+        self._gap = lead_frames  # the empty tray the trigger learns at start
         self._frames = 0
         self._lock = threading.Lock()
 
