@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from edge import check, demo, servo_cli
 from edge.classifier import Classifier, load_classifier
-from edge.config import DEFAULT_BUNDLE, Config, describe, load_config
+from edge.config import DEFAULT_BUNDLE, REFERENCE_HEADER, Config, describe, load_config, set_keys
 from edge.daemon import Daemon, pid_file
 from edge.decision import decide
 from edge.errors import SmartbinError
@@ -70,7 +71,7 @@ def setup_logging(verbose: bool = False) -> None:
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -191,10 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("test",))
     p.add_argument("--config", help="device config YAML (default: built-in defaults)")
 
-    sub.add_parser(
+    p = sub.add_parser(
         "config",
-        help="print every config key with its default and description",
-        description="Print the config reference as YAML: every key, its default and what it does.",
+        help="print every config key with its default and description, or set keys in a file",
+        description="Print the config reference as YAML: every key, its default and what it does. "
+        "With --file and --set, set keys in that file instead (comments and other keys are kept; "
+        "the file is checked before it is replaced).",
+        epilog="example:\n  smartbin config --file /etc/smartbin/smartbin.yaml --set device_id=bin-07 "
+        "--set mqtt.host=broker.lan",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--file", help="config file to change (created from the reference if absent)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a dotted key and a YAML value"
     )
     return parser
 
@@ -324,6 +334,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    if not args.set:
+        if args.file:
+            raise SmartbinError(
+                "--file needs at least one --set KEY=VALUE", "or leave out --file to print the reference"
+            )
+        print(describe())
+        return 0
+    if not args.file:
+        raise SmartbinError("--set needs --file PATH", "name the config file to change")
+    values = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SmartbinError(f"--set {item!r} is not KEY=VALUE", "e.g. --set mqtt.host=broker.lan")
+        values[key.strip()] = yaml.safe_load(value) if value else None
+    path = Path(args.file)
+    if not path.exists():
+        path.write_text(REFERENCE_HEADER + describe() + "\n", encoding="utf-8")
+    set_keys(path, values)
+    print(f"{path}: set {', '.join(values)}")
+    return 0
+
+
 def cmd_counts(args: argparse.Namespace) -> int:
     cfg = load_config(args.config).ledger
     ledger = open_ledger(cfg)
@@ -410,15 +444,13 @@ COMMANDS = {
     "servo": servo_cli.run,
     "counts": cmd_counts,
     "mqtt": cmd_mqtt,
+    "config": cmd_config,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    if args.command == "config":
-        print(describe())
-        return 0
     try:
         return COMMANDS[args.command](args)
     except SmartbinError as exc:

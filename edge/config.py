@@ -20,6 +20,13 @@ from edge.errors import SmartbinError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = REPO_ROOT / "models" / "garbage12-mnv2"
+REFERENCE_HEADER = """\
+# smartbin device config: /etc/smartbin/smartbin.yaml on a bin.
+# Every key is optional; what is left out takes the default shown here.
+# `smartbin config` prints this reference; a bad value stops the daemon at start
+# with the key, the value and what was expected.
+
+"""
 
 
 def opt(default: Any, help: str, check: Callable[[Any], bool] | None = None, expect: str = ""):
@@ -420,3 +427,34 @@ def describe(cls: type = Config, indent: str = "") -> str:
         dumped = yaml.safe_dump({f.name: default}, allow_unicode=True, sort_keys=False).rstrip()
         lines.append(textwrap.indent(dumped, indent))
     return "\n".join(lines)
+
+
+def set_keys(path: Path, values: Mapping[str, Any]) -> None:
+    """Set dotted keys in a config file, keeping its comments, order and other keys.
+
+    The new file is checked before it replaces the old one: a bad value never
+    breaks a device's config.
+    """
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    data = (yaml.load(path.read_text(encoding="utf-8")) if path.exists() else None) or {}
+    for dotted, value in values.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
+        node[leaf] = value
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        yaml.dump(data, fh)
+    try:
+        load_config(tmp)
+    except SmartbinError as exc:
+        tmp.unlink()
+        raise SmartbinError(
+            exc.problem.replace(str(tmp), str(path)), exc.fix.replace(str(tmp), str(path))
+        ) from None
+    tmp.replace(path)

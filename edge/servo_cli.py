@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from edge.actuator import Actuator, ActuatorFault, Calibration, open_controller
-from edge.config import ServoConfig, load_config
+from edge.config import ServoConfig, load_config, set_keys
 from edge.errors import SmartbinError
 
 HELP = """\
@@ -125,23 +125,8 @@ def calibrate(actuator: Actuator, args: argparse.Namespace, ask: Callable[[str],
 
 def save_bin(path: Path, bin_id: str, pulse: float) -> None:
     """Write one bin's pulse width, keeping the file's comments, order and other keys."""
-    from ruamel.yaml import YAML
-
     if not path.name or not path.exists():
         raise SmartbinError(
             f"config file {path} does not exist", "calibrate needs --config FILE to save into"
         )
-    yaml = YAML()
-    data = yaml.load(path.read_text(encoding="utf-8")) or {}
-    servo = data.setdefault("servo", {})
-    bins = servo.setdefault("bins", {})
-    bins[bin_id] = int(pulse) if float(pulse).is_integer() else pulse
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        yaml.dump(data, fh)
-    try:
-        load_config(tmp)  # check before replacing: a bad save must not break the device's config
-    except SmartbinError:
-        tmp.unlink()
-        raise
-    tmp.replace(path)
+    set_keys(path, {f"servo.bins.{bin_id}": int(pulse) if float(pulse).is_integer() else pulse})
