@@ -9,14 +9,22 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import yaml
 
 from edge import check, demo, servo_cli
 from edge.classifier import Classifier, load_classifier
-from edge.config import DEFAULT_BUNDLE, REFERENCE_HEADER, Config, describe, load_config, set_keys
+from edge.config import (
+    DEFAULT_BUNDLE,
+    REFERENCE_HEADER,
+    Config,
+    describe,
+    key_type,
+    load_config,
+    set_keys,
+)
 from edge.daemon import Daemon, pid_file
 from edge.decision import decide
 from edge.errors import SmartbinError
@@ -113,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="device config YAML (default: built-in defaults)")
     p.add_argument(
         "--only",
-        help=f"comma-separated parts to check (default: all of {','.join(check.PARTS)})",
+        help=f"comma-separated parts to check (default: all of {','.join(check.PARTS)}); "
+        "'config' checks the file alone",
     )
 
     p = sub.add_parser(
@@ -349,7 +358,11 @@ def cmd_config(args: argparse.Namespace) -> int:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SmartbinError(f"--set {item!r} is not KEY=VALUE", "e.g. --set mqtt.host=broker.lan")
-        values[key.strip()] = yaml.safe_load(value) if value else None
+        key = key.strip()
+        parsed = yaml.safe_load(value) if value else None
+        if key_type(key) in (str, Optional[str]) and parsed is not None:
+            parsed = value  # an id like 42 or 2024-01 stays the text it is
+        values[key] = parsed
     path = Path(args.file)
     if not path.exists():
         path.write_text(REFERENCE_HEADER + describe() + "\n", encoding="utf-8")
@@ -402,7 +415,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"FAIL  config  {exc.problem}; fix: {exc.fix}")
         return 1
     print(f"ok    config  {args.config or 'built-in defaults'} is valid")
-    parts = tuple(args.only.split(",")) if args.only else check.PARTS
+    parts = tuple(p for p in args.only.split(",") if p != "config") if args.only else check.PARTS
     unknown = set(parts) - set(check.PARTS)
     if unknown:
         raise SmartbinError(f"--only {args.only}: unknown part(s) {sorted(unknown)}", f"use {check.PARTS}")

@@ -458,3 +458,16 @@ def set_keys(path: Path, values: Mapping[str, Any]) -> None:
             exc.problem.replace(str(tmp), str(path)), exc.fix.replace(str(tmp), str(path))
         ) from None
     tmp.replace(path)
+
+
+def key_type(dotted: str, cls: type = None) -> Any:
+    """The declared type of a dotted config key (``mqtt.port`` -> int), or None if there is no such key."""
+    cls = cls or Config
+    head, _, rest = dotted.partition(".")
+    hints = typing.get_type_hints(cls)
+    if head not in hints:
+        return None
+    tp = hints[head]
+    if rest:
+        return key_type(rest, tp) if dataclasses.is_dataclass(tp) else None
+    return tp

@@ -170,7 +170,9 @@ def test_port_vanishing_mid_move_is_a_failed_move(emulator):
     with pytest.raises(ActuatorFault) as fault:
         controller.move(0, 1700, 0.3)
     assert emulator.closed
-    assert "vanished" in fault.value.reason or "sent nothing" in fault.value.reason
+    # which read or write meets the dead port first depends on timing; each names the port
+    reason = fault.value.reason
+    assert any(w in reason for w in ("vanished", "sent nothing", "failed while writing")), reason
 
 
 def test_unplugging_during_a_dwell_fails_the_return_home():

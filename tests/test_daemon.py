@@ -280,3 +280,30 @@ def test_a_servo_controller_missing_at_start_comes_back_through_its_stable_path(
     by_id.symlink_to(emulator.port)
     assert running.join() == 0
     assert len(seen) == 3 and daemon.servo.fault is None
+
+
+def test_a_dark_or_covered_camera_is_reported_and_nothing_is_classified(tmp_path, emulator):
+    dark = (emulator.tray.tray // 12).astype("uint8")  # the same tray with the lights off
+    frames = [dark] * 40
+
+    class Dark:
+        finite, description = True, "dark test camera"
+
+        def read(self):
+            return frames.pop() if frames else None
+
+        def close(self):
+            pass
+
+    seen, faults = [], []
+    daemon = Daemon(config_for(tmp_path, emulator.port), opener=lambda cfg: Dark(), on_sorted=seen.append)
+    original = daemon.heartbeat
+
+    def heartbeat():
+        original()
+        faults.append(daemon.faults().get("camera"))
+
+    daemon.heartbeat = heartbeat
+    assert daemon.run() == 0
+    assert seen == [] and bin_moves(emulator, daemon.config) == []
+    assert "too dark or lens covered" in faults[-1]

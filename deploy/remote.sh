@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# The bin's half of deploy/flash.sh, fed to bash over SSH (as root, except `probe`).
+# Not meant to be run by hand: deploy/flash.sh --help explains the steps.
+#   remote.sh probe | has RELEASE | install RELEASE INCOMING DEVICE_ID keep|replace KEEP HEALTH_S
+#   remote.sh rollback HEALTH_S
+set -Eeuo pipefail
+trap 'echo "flash.sh on the bin: step failed: $BASH_COMMAND" >&2; exit 2' ERR
+
+prefix="${SMARTBIN_PREFIX:-/}"
+prefix="${prefix%/}"
+systemctl="${SMARTBIN_SYSTEMCTL:-systemctl}"
+dry_run="${DRY_RUN:-0}"
+home="$prefix/opt/smartbin"
+releases="$home/releases"
+etc="$prefix/etc/smartbin"
+config="$etc/smartbin.yaml"
+unit="$prefix/etc/systemd/system/smartbin.service"
+log_file="$prefix/var/log/smartbin-deploy.log"
+
+step() { echo "--> $*"; }
+run() {
+    if [ "$dry_run" = 1 ]; then
+        echo "    would: $*"
+    else
+        "$@" || { echo "flash.sh on the bin: this step failed: $*" >&2; exit 2; }
+    fi
+}
+log() {
+    [ "$dry_run" = 1 ] && return 0
+    mkdir -p "$(dirname "$log_file")"
+    local client="${SSH_CLIENT:-local}"
+    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) ${SUDO_USER:-$(id -un)} from ${client%% *}: $*" >>"$log_file"
+}
+current_release() { basename "$(readlink "$home/current" 2>/dev/null || true)"; }
+previous_release() { basename "$(readlink "$home/previous" 2>/dev/null || true)"; }
+
+# switch_to RELEASE: point `current` at it in one rename, so a reader never sees it half-made
+switch_to() {
+    run ln -sfn "releases/$1" "$home/current.new"
+    run mv -T "$home/current.new" "$home/current"
+}
+
+# healthy SECONDS: restart, then the service must stay active that long
+healthy() {
+    if [ "$dry_run" = 1 ]; then
+        echo "    would: $systemctl restart smartbin"
+        return 0
+    fi
+    "$systemctl" restart smartbin || return 1
+    local waited=0
+    while :; do
+        "$systemctl" is-active --quiet smartbin || return 1
+        [ "$waited" -lt "$1" ] || return 0
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
+group_id() { awk -F: -v name="$1" '$1 == name { print $3 }' "$prefix/etc/group"; }
+
+ensure_user() {
+    if grep -q '^smartbin:' "$prefix/etc/passwd"; then
+        return 0
+    fi
+    step "create the system user smartbin, in the groups dialout (serial) and video (camera)"
+    local args=(--system --home-dir /var/lib/smartbin --no-create-home --shell /usr/sbin/nologin
+        --user-group --groups "dialout,video" smartbin)
+    [ -z "$prefix" ] || args=(--prefix "$prefix" "${args[@]}")
+    run useradd "${args[@]}"
+    changed=1
+}
+
+probe() {
+    echo "uid=$(id -u)"
+    echo "arch=$(uname -m)"
+    echo "hostname=$(uname -n)"
+    if python3 -c 'import venv, ensurepip' 2>/dev/null; then
+        echo "python=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    fi
+    echo "glibc=$(getconf GNU_LIBC_VERSION | awk '{ print $2 }')"
+    echo "current=$(current_release)"
+}
+
+install_release() {
+    local release="$1" incoming="$2" dir="$releases/$1"
+    if [ -e "$dir/.complete" ]; then
+        step "release $release is installed already"
+        return 0
+    fi
+    step "unpack release $release into $dir"
+    run mkdir -p "$releases"
+    run rm -rf "$dir"
+    run mv "$incoming/$release" "$dir"
+    step "create its venv (with the system site packages, for the camera stack)"
+    run python3 -m venv --system-site-packages "$dir/venv"
+    step "install smartbin[edge] from the release's wheels (no network)"
+    run env PIP_CONFIG_FILE=/dev/null "$dir/venv/bin/pip" install --quiet --no-index --find-links "$dir/wheels" \
+        "smartbin[edge]"
+    run touch "$dir/.complete"
+    changed=1
+}
+
+install_unit() {
+    local new="$releases/$1/systemd/smartbin.service"
+    if [ -e "$unit" ] && cmp -s "$new" "$unit"; then
+        return 0
+    fi
+    step "install the unit $unit"
+    run install -D -m 0644 "$new" "$unit"
+    run "$systemctl" daemon-reload
+    changed=1
+}
+
+# install_config RELEASE INCOMING DEVICE_ID keep|replace
+install_config() {
+    local smartbin="$releases/$1/venv/bin/smartbin" gid
+    if [ "$4" = replace ]; then
+        step "check the new config, then replace $config (the old one is kept as a .bak)"
+        run "$smartbin" check --config "$2/smartbin.yaml" --only config
+        run mkdir -p "$etc"
+        if [ -e "$config" ]; then
+            backup="$config.$(date -u +%Y%m%d-%H%M%S).bak"
+            run cp -p "$config" "$backup"
+        fi
+        run install -m 0640 "$2/smartbin.yaml" "$config"
+        changed=1
+    elif [ ! -e "$config" ]; then
+        step "write a new config $config (device_id $3)"
+        run mkdir -p "$etc"
+        run cp "$releases/$1/reference.yaml" "$config.new"
+        run "$smartbin" config --file "$config.new" --set "device_id=$3" --set "model.bundle=$home/current/model"
+        run mv "$config.new" "$config"
+        changed=1
+    else
+        step "keep the bin's config $config (deploy/flash.sh --config FILE replaces it)"
+        return 0
+    fi
+    gid=$(group_id smartbin)
+    run chown "0:${gid:-0}" "$config"
+    run chmod 0640 "$config"
+}
+
+prune() {
+    local keep="$1" current previous name dir n=0
+    current=$(current_release)
+    previous=$(previous_release)
+    [ -d "$releases" ] || return 0
+    while read -r _ name; do
+        dir="$releases/$name"
+        if [ ! -e "$dir/.complete" ]; then
+            step "remove the unfinished release $name"
+            run rm -rf "$dir"
+            continue
+        fi
+        n=$((n + 1))
+        if [ "$n" -gt "$keep" ] && [ "$name" != "$current" ] && [ "$name" != "$previous" ]; then
+            step "remove the old release $name (keeping $keep)"
+            run rm -rf "$dir"
+        fi
+    done < <(find "$releases" -mindepth 1 -maxdepth 1 -type d -printf '%T@ %f\n' | sort -rn)
+}
+
+deploy_release() {
+    local release="$1" incoming="$2" device_id="$3" config_mode="$4" keep="$5" health_s="$6" was
+    changed=0
+    backup=""
+    install_release "$release" "$incoming"
+    ensure_user
+    install_unit "$release"
+    "$systemctl" is-enabled --quiet smartbin 2>/dev/null || { run "$systemctl" enable smartbin && changed=1; }
+    install_config "$release" "$incoming" "$device_id" "$config_mode"
+    was=$(current_release)
+    if [ "$was" != "$release" ]; then
+        step "switch current: ${was:-none} -> $release"
+        [ -z "$was" ] || run ln -sfn "releases/$was" "$home/previous"
+        switch_to "$release"
+        changed=1
+    fi
+    if [ "$changed" = 0 ]; then
+        step "nothing changed"
+        "$systemctl" is-active --quiet smartbin || echo "    note: smartbin is not running; see journalctl -u smartbin"
+        log "deploy $release: nothing changed"
+        return 0
+    fi
+    step "restart smartbin; it must stay up for $health_s s"
+    if healthy "$health_s"; then
+        prune "$keep"
+        log "deploy $release: ok"
+        return 0
+    fi
+    echo "smartbin $release failed its health check; its log: journalctl -u smartbin -n 50" >&2
+    if [ -n "$backup" ]; then
+        step "put the old config back"
+        run cp -p "$backup" "$config"
+    fi
+    if [ -n "$was" ] && [ "$was" != "$release" ]; then
+        step "roll back to $was"
+        switch_to "$was"
+        run rm -f "$home/previous"
+        run rm -rf "${releases:?}/$release"
+        if healthy "$health_s"; then
+            log "deploy $release: FAILED its health check; rolled back to $was"
+        else
+            log "deploy $release: FAILED its health check; rolled back to $was, which is not healthy either"
+        fi
+    else
+        log "deploy $release: FAILED its health check; no earlier release to roll back to"
+    fi
+    exit 1
+}
+
+rollback() {
+    local current previous
+    current=$(current_release)
+    previous=$(previous_release)
+    if [ -z "$previous" ] || [ ! -e "$releases/$previous/.complete" ]; then
+        echo "flash.sh on the bin: no previous release to roll back to (current: ${current:-none})" >&2
+        exit 2
+    fi
+    step "switch current: $current -> $previous"
+    switch_to "$previous"
+    run ln -sfn "releases/$current" "$home/previous"
+    step "restart smartbin; it must stay up for $1 s"
+    if healthy "$1"; then
+        log "rollback $current -> $previous: ok"
+        return 0
+    fi
+    log "rollback $current -> $previous: FAILED its health check"
+    echo "smartbin $previous failed its health check too; its log: journalctl -u smartbin -n 50" >&2
+    exit 1
+}
+
+action="${1:?remote.sh: no action}"
+shift
+case "$action" in
+    probe) probe ;;
+    has) if [ -e "$releases/$1/.complete" ]; then echo yes; else echo no; fi ;;
+    install) deploy_release "$@" ;;
+    rollback) rollback "$@" ;;
+    *) echo "remote.sh: unknown action $action" >&2; exit 2 ;;
+esac

@@ -1,0 +1,294 @@
+"""deploy/flash.sh against a real sshd on loopback, into a temporary root that stands in for a bin.
+
+systemd cannot run here, so SMARTBIN_SYSTEMCTL points at a stand-in: `restart` runs the installed
+release's own `smartbin check` on the installed config (model and ledger), and `is-active` reports
+whether that passed. Everything else is real: ssh, the wheels built and fetched for this machine's
+CPU and Python, the venv, useradd, the config writer, the atomic switch and the rollback.
+The tests run in order; each starts from the bin the previous one left.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.broker import free_port, wait_for
+from tests.conftest import REPO, SHIPPED
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+FLASH = REPO / "deploy" / "flash.sh"
+
+pytestmark = pytest.mark.skipif(not Path(SSHD).exists(), reason="sshd absent: scripts/test installs it")
+
+FAKE_SYSTEMCTL = """#!/bin/bash
+# systemctl on the test bin: records each call; `restart` checks the installed release for real.
+echo "$*" >> {root}/systemctl.log
+case "$1" in
+    daemon-reload) ;;
+    enable) touch {root}/enabled ;;
+    is-enabled) [ -e {root}/enabled ] ;;
+    restart)
+        if STATE_DIRECTORY={root}/var/lib/smartbin {root}/opt/smartbin/current/venv/bin/smartbin check \\
+                --config {root}/etc/smartbin/smartbin.yaml --only model,ledger >> {root}/check.log 2>&1; then
+            echo active > {root}/state
+        else
+            echo failed > {root}/state
+            exit 1
+        fi ;;
+    is-active) [ "$(cat {root}/state 2>/dev/null)" = active ] ;;
+    *) exit 1 ;;
+esac
+"""
+
+
+class Sshd:
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir()
+        self.port = free_port()
+        self.key = folder / "id"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", folder / "host"], check=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.key], check=True)
+        shutil.copy(folder / "id.pub", folder / "authorized_keys")
+        (folder / "sshd_config").write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host'}\n"
+            f"AuthorizedKeysFile {folder / 'authorized_keys'}\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
+            f"PidFile {folder / 'sshd.pid'}\n"
+        )
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation, as the package would make it
+        self.process = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(folder / "sshd_config")], stderr=subprocess.PIPE
+        )
+
+        def accepting() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_for(accepting, what="sshd")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+class Bin:
+    """The test's bin: a root folder with the few /etc files useradd needs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "etc").mkdir(parents=True)
+        for name, keep in (("passwd", "root"), ("group", "root|dialout|video"), ("shadow", "root")):
+            lines = [
+                line
+                for line in Path("/etc", name).read_text().splitlines()
+                if line.split(":")[0] in keep.split("|")
+            ]
+            (root / "etc" / name).write_text("\n".join(lines) + "\n")
+        (root / "etc" / "gshadow").write_text("")
+        self.systemctl = root / "fake-systemctl"
+        self.systemctl.write_text(FAKE_SYSTEMCTL.format(root=root))
+        self.systemctl.chmod(0o755)
+
+    def current(self) -> str:
+        return os.readlink(self.root / "opt/smartbin/current").removeprefix("releases/")
+
+    def previous(self) -> str:
+        return os.readlink(self.root / "opt/smartbin/previous").removeprefix("releases/")
+
+    def releases(self) -> set[str]:
+        return {p.name for p in (self.root / "opt/smartbin/releases").iterdir()}
+
+    def log(self) -> list[str]:
+        return (self.root / "var/log/smartbin-deploy.log").read_text().splitlines()
+
+    def snapshot(self) -> dict[str, str]:
+        """Every path under the root with its content hash (or link target), the deploy log left out."""
+        tree = {}
+        for path in sorted(self.root.rglob("*")):
+            rel = str(path.relative_to(self.root))
+            if rel in ("var/log/smartbin-deploy.log", "systemctl.log", "check.log") or "__pycache__" in rel:
+                continue
+            if path.is_symlink():
+                tree[rel] = "-> " + os.readlink(path)
+            elif path.is_file():
+                tree[rel] = hashlib.sha256(path.read_bytes()).hexdigest() + f" {path.stat().st_mtime_ns}"
+            else:
+                tree[rel] = "dir"
+        return tree
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("flash")
+    sshd = Sshd(folder / "sshd")
+    device = Bin(folder / "bin")
+    yield sshd, device, folder
+    sshd.stop()
+
+
+def flash(rig, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    sshd, device, _ = rig
+    env = {
+        **os.environ,
+        "SMARTBIN_PREFIX": str(device.root),
+        "SMARTBIN_SYSTEMCTL": str(device.systemctl),
+        "SSH_OPTS": "-o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+        "-o LogLevel=ERROR",
+        "PYTHON": sys.executable,
+    }
+    return subprocess.run(
+        [str(FLASH), "-p", str(sshd.port), "-i", str(sshd.key), *args, f"{getpass.getuser()}@127.0.0.1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=580,
+    )
+
+
+def bundle_copy(folder: Path, name: str, corrupt: bool = False) -> Path:
+    """The shipped bundle under another name (so another release), optionally with a damaged model."""
+    bundle = folder / name
+    shutil.copytree(SHIPPED, bundle)
+    (bundle / "NOTE").write_text(name)
+    if corrupt:
+        with open(bundle / "model.tflite", "r+b") as f:
+            f.seek(4096)
+            f.write(b"\xff" * 64)
+    return bundle
+
+
+def test_help_is_written_for_a_technician():
+    result = subprocess.run([str(FLASH), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for words in (
+        "Usage: deploy/flash.sh [options] user@host",
+        "--rollback",
+        "--dry-run",
+        "Examples:",
+        "journalctl",
+    ):
+        assert words in result.stdout
+
+
+def test_bad_arguments_stop_before_anything_happens(rig):
+    result = flash(rig, "--model", "/nowhere")
+    assert result.returncode == 2 and "is not a model bundle" in result.stderr and "fix:" in result.stderr
+    result = flash(rig, "--keep", "0")
+    assert result.returncode == 2 and "--keep 0" in result.stderr
+
+
+def test_without_yes_and_without_a_terminal_it_refuses_to_change_the_bin(rig):
+    _, device, _ = rig
+    before = device.snapshot()
+    result = flash(rig)
+    assert result.returncode == 2 and "pass --yes" in result.stderr
+    assert device.snapshot() == before
+
+
+def test_dry_run_prints_every_step_and_touches_nothing(rig):
+    _, device, folder = rig
+    before = device.snapshot()
+    builds = set((REPO / "build" / "release").glob("*")) if (REPO / "build" / "release").exists() else set()
+    result = flash(rig, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    for words in (
+        "would: python3 -m venv --system-site-packages",
+        "would: useradd",
+        "would: mv -T",
+        "write a new config",
+        "would: " + str(device.systemctl) + " restart smartbin",
+    ):
+        assert words in result.stdout
+    assert device.snapshot() == before
+    after = set((REPO / "build" / "release").glob("*")) if (REPO / "build" / "release").exists() else set()
+    assert after == builds
+
+
+def test_a_fresh_deploy_installs_release_user_unit_config_and_is_healthy(rig):
+    _, device, _ = rig
+    result = flash(rig, "--yes", "--device-id", "bin-07", "--health-timeout", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    release = device.current()
+    assert (device.root / "opt/smartbin/releases" / release / ".complete").exists()
+    assert (device.root / "etc/systemd/system/smartbin.service").read_text() == (
+        REPO / "systemd" / "smartbin.service"
+    ).read_text()
+    assert "smartbin:x:" in (device.root / "etc/passwd").read_text()
+    groups = (device.root / "etc/group").read_text()
+    assert "dialout:x:20:smartbin" in groups and "video:x:44:smartbin" in groups
+    config = (device.root / "etc/smartbin/smartbin.yaml").read_text()
+    assert "device_id: bin-07" in config and f"bundle: {device.root}/opt/smartbin/current/model" in config
+    assert oct((device.root / "etc/smartbin/smartbin.yaml").stat().st_mode)[-3:] == "640"
+    assert "restart smartbin" in (device.root / "systemctl.log").read_text()
+    assert "ok    model" in (device.root / "check.log").read_text()
+    assert device.log()[-1].endswith(f"deploy {release}: ok")
+
+
+def test_a_redeploy_changes_nothing(rig):
+    _, device, _ = rig
+    before = device.snapshot()
+    calls = (device.root / "systemctl.log").read_text()
+    result = flash(rig, "--yes", "--health-timeout", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        "already on the bin: nothing to build or copy" in result.stdout and "nothing changed" in result.stdout
+    )
+    assert device.snapshot() == before
+    assert "restart" not in (device.root / "systemctl.log").read_text().removeprefix(calls)
+    assert device.log()[-1].endswith("nothing changed") and len(device.log()) == 2
+
+
+def test_a_release_that_fails_its_health_check_is_rolled_back(rig):
+    _, device, folder = rig
+    first = device.current()
+    result = flash(
+        rig, "--yes", "--health-timeout", "1", "--model", str(bundle_copy(folder, "broken", corrupt=True))
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "failed its health check" in result.stderr and f"roll back to {first}" in result.stdout
+    assert device.current() == first and device.releases() == {first}
+    assert "FAILED its health check; rolled back to " + first in device.log()[-1]
+    assert (device.root / "state").read_text().strip() == "active"  # the old release runs again
+
+
+def test_a_second_release_then_rollback_by_hand(rig):
+    _, device, folder = rig
+    first = device.current()
+    result = flash(rig, "--yes", "--health-timeout", "1", "--model", str(bundle_copy(folder, "second")))
+    assert result.returncode == 0, result.stdout + result.stderr
+    second = device.current()
+    assert second != first and device.previous() == first
+    assert "keep the bin's config" in result.stdout  # never overwritten
+    result = flash(rig, "--yes", "--rollback", "--health-timeout", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert device.current() == first and device.previous() == second
+    assert device.log()[-1].endswith(f"rollback {second} -> {first}: ok")
+
+
+def test_config_is_replaced_only_on_purpose_and_the_old_one_kept(rig):
+    _, device, folder = rig
+    old = (device.root / "etc/smartbin/smartbin.yaml").read_text()
+    bad = folder / "bad.yaml"
+    bad.write_text("trigger: {area: 7}\n")
+    result = flash(rig, "--yes", "--health-timeout", "1", "--config", str(bad))
+    assert result.returncode == 2 and "trigger.area" in result.stdout + result.stderr
+    assert (device.root / "etc/smartbin/smartbin.yaml").read_text() == old
+    good = folder / "good.yaml"
+    good.write_text(f"device_id: bin-07b\nmodel: {{bundle: {device.root}/opt/smartbin/current/model}}\n")
+    time.sleep(1)  # the backup is named by the second
+    result = flash(rig, "--yes", "--health-timeout", "1", "--config", str(good))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (device.root / "etc/smartbin/smartbin.yaml").read_text() == good.read_text()
+    (backup,) = (device.root / "etc/smartbin").glob("smartbin.yaml.*.bak")
+    assert backup.read_text() == old
