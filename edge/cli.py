@@ -20,6 +20,7 @@ from edge.config import (
     DEFAULT_BUNDLE,
     REFERENCE_HEADER,
     Config,
+    add_config_option,
     describe,
     key_type,
     load_config,
@@ -83,7 +84,7 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="device config YAML (default: built-in defaults)")
+    add_config_option(p)
     p.add_argument("--model", help=f"model bundle folder (default: {DEFAULT_BUNDLE.name} in models/)")
     p.add_argument("--taxonomy", help="taxonomy YAML (default: the one the model was trained for)")
     p.add_argument("--threads", type=int, help="interpreter threads (default: from config, 2)")
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "on the tray now. Exit status 0 after a clean stop, 2 when the config, model or ledger "
         "cannot be used (the message says what to fix).",
     )
-    p.add_argument("--config", help="device config YAML (default: built-in defaults)")
+    add_config_option(p)
 
     p = sub.add_parser(
         "check",
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "first (sudo systemctl stop smartbin): it holds the camera and the serial port. "
         "Exit status 0 when every part passes, 1 otherwise.",
     )
-    p.add_argument("--config", help="device config YAML (default: built-in defaults)")
+    add_config_option(p)
     p.add_argument(
         "--only",
         help=f"comma-separated parts to check (default: all of {','.join(check.PARTS)}); "
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         "whatever the trigger says (SIGUSR1 to the pid in its state directory). Run it as the "
         "smartbin user or root; `sudo systemctl kill -s USR1 smartbin` does the same.",
     )
-    p.add_argument("--config", help="device config YAML (default: built-in defaults)")
+    add_config_option(p)
 
     p = sub.add_parser(
         "classify",
@@ -189,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the sorted-item counts per bin from the ledger, the messages waiting "
         "for the broker, and the events dropped after a long outage.",
     )
-    p.add_argument("--config", help="device config YAML (default: built-in defaults)")
+    add_config_option(p)
     p.add_argument("--json", action="store_true", help="print as JSON")
 
     p = sub.add_parser(
@@ -199,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ACL) and say exactly which step fails and what to check.",
     )
     p.add_argument("action", choices=("test",))
-    p.add_argument("--config", help="device config YAML (default: built-in defaults)")
+    add_config_option(p)
 
     p = sub.add_parser(
         "config",

@@ -471,3 +471,8 @@ def key_type(dotted: str, cls: type = None) -> Any:
     if rest:
         return key_type(rest, tp) if dataclasses.is_dataclass(tp) else None
     return tp
+
+
+def add_config_option(parser: Any) -> None:
+    """``--config``, the same on every command that reads the device config."""
+    parser.add_argument("--config", help="device config YAML (default: built-in defaults)")

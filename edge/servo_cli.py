@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from edge.actuator import Actuator, ActuatorFault, Calibration, open_controller
-from edge.config import ServoConfig, load_config, set_keys
+from edge.config import ServoConfig, add_config_option, load_config, set_keys
 from edge.errors import SmartbinError
 
 HELP = """\
@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("action", choices=("ping", "move", "cycle", "calibrate"))
-    p.add_argument("--config", help="device config YAML (default: built-in defaults)")
+    add_config_option(p)
     p.add_argument("--port", help="serial port (overrides servo.port)")
     p.add_argument("--protocol", choices=("maestro", "line"), help="overrides servo.protocol")
     p.add_argument("--bin", help="bin id, for move and calibrate")
