@@ -121,14 +121,16 @@ class Link:
 
     def __init__(self, port: str, baud: int, timeout_s: float) -> None:
         self.port_name, self.timeout_s = port, timeout_s
+        self._partial = b""
         try:
             self.port = serial.Serial(port, baud, timeout=timeout_s, write_timeout=timeout_s)
         except serial.SerialException as exc:
             raise open_error(port, exc) from None
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, flush_input: bool = True) -> None:
         try:
-            self.port.reset_input_buffer()
+            if flush_input:
+                self.port.reset_input_buffer()
             self.port.write(data)
             self.port.flush()
         except PORT_ERRORS as exc:
@@ -148,9 +150,19 @@ class Link:
             )
         return data
 
+    def waiting_lines(self) -> list[str]:
+        """Complete lines that have arrived unasked, without waiting; a partial one is kept for later."""
+        try:
+            self._partial += self.port.read(self.port.in_waiting)
+        except PORT_ERRORS as exc:
+            raise ActuatorFault(f"serial port {self.port_name} vanished: {exc}") from None
+        *lines, self._partial = self._partial.split(b"\n")
+        return [line.decode("ascii", "replace").strip() for line in lines]
+
     def readline(self, what: str) -> str:
         try:
-            raw = self.port.read_until(b"\n", 256)
+            raw, self._partial = self._partial, b""
+            raw += self.port.read_until(b"\n", 256)
         except PORT_ERRORS as exc:
             raise ActuatorFault(
                 f"serial port {self.port_name} vanished while reading {what}: {exc}"
@@ -189,6 +201,10 @@ def open_error(port: str, exc: serial.SerialException) -> SmartbinError:
 
 
 class Controller(Protocol):
+    def events(self) -> list[str]:
+        """What the controller reported unasked since the last call (e.g. ``BUTTON``)."""
+        ...
+
     def ping(self) -> str:
         """A description of the controller and its firmware; raises ActuatorFault if silent."""
 
@@ -212,6 +228,9 @@ class MaestroController:
         errors = self.errors()
         if errors:
             raise ActuatorFault(f"Maestro reports: {', '.join(errors)}")
+
+    def events(self) -> list[str]:
+        return []  # the Maestro reports nothing unasked
 
     def position_us(self, channel: int) -> float:
         self.link.write(get_position(channel, self.device))
@@ -243,14 +262,35 @@ class MaestroController:
 
 
 class LineController:
-    """Our line protocol: every command gets ``OK ...`` or ``ERR <code> <text>``."""
+    """Our line protocol: every command gets ``OK ...`` or ``ERR <code> <text>``.
+
+    Between replies the firmware may send ``EVT <name>`` lines (the tray
+    button): they are kept for :meth:`events`, never taken for a reply.
+    """
 
     def __init__(self, link: Link) -> None:
         self.link = link
+        self._events: list[str] = []
+
+    def _event(self, line: str) -> bool:
+        if line.startswith("EVT "):
+            self._events.append(line[4:].strip())
+            return True
+        return False
+
+    def events(self) -> list[str]:
+        for line in self.link.waiting_lines():
+            self._event(line)  # anything else arriving unasked is stale and dropped
+        events, self._events = self._events, []
+        return events
 
     def request(self, command: str) -> list[str]:
-        self.link.write(command.encode("ascii") + b"\n")
+        for line in self.link.waiting_lines():
+            self._event(line)
+        self.link.write(command.encode("ascii") + b"\n", flush_input=False)
         reply = self.link.readline(command.split()[0])
+        while self._event(reply):
+            reply = self.link.readline(command.split()[0])
         words = reply.split()
         if words[:1] == ["OK"]:
             return words[1:]
@@ -429,6 +469,16 @@ class ServoSupervisor:
             return actuator.sort(bin_id)
         except ActuatorFault as fault:
             raise self._failed(fault.reason) from None
+
+    def events(self) -> list[str]:
+        """The connected controller's unasked reports; none while it is offline."""
+        if self.actuator is None:
+            return []
+        try:
+            return self.actuator.controller.events()
+        except ActuatorFault as fault:
+            self._failed(fault.reason)
+            return []
 
     def home(self) -> None:
         """Connect if needed and send the tray home (at start, and before exit)."""

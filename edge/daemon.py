@@ -13,7 +13,8 @@ systemd: READY=1 once the camera, model, servo controller and ledger are up
 WATCHDOG=1 from every turn of the loop, STATUS= with counts and faults.
 Signals: SIGTERM/SIGINT finish the current item, send the servo home, publish
 ``offline`` and exit 0; SIGHUP reloads the config and taxonomy (an invalid
-one is refused and the running one kept); SIGUSR1 sorts what is on the tray now.
+one is refused and the running one kept); SIGUSR1, the MQTT sort command and the
+controller's button sort what is on the tray now.
 """
 
 from __future__ import annotations
@@ -207,6 +208,9 @@ class Daemon:
             return  # the item waits on the tray for the servo; nothing new is classified
         if self.servo.actuator is None and self.servo.ready:
             self._home()
+        if "BUTTON" in self.servo.events():
+            log.info("the tray button asks for a sort now")
+            self.request_sort()
         if self.camera.condition:
             self.votes.clear()
             return

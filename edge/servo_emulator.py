@@ -150,7 +150,8 @@ class LineEmulator(PtyEmulator):
     """A microcontroller running our line-protocol firmware (docs/line-protocol.md).
 
     Modes: ok, silent, garbage, partial (a reply without its newline),
-    refuse (every move answered with an error), unplug_on_move.
+    refuse (every move answered with an error), unplug_on_move, event_first
+    (an ``EVT BUTTON`` line before every reply).
     """
 
     NAME, VERSION, MIN_US, MAX_US = "smartbin-servo", "0.1.0", 900, 2100
@@ -169,7 +170,13 @@ class LineEmulator(PtyEmulator):
             self.lines.append(line.decode("ascii", "replace").strip())
             self.reply(self.lines[-1])
 
+    def press(self) -> None:
+        """The tray button, as the firmware reports it: one unasked line."""
+        self.send(b"EVT BUTTON\n")
+
     def reply(self, line: str) -> None:
+        if self.mode == "event_first":  # a button press that lands just before the reply
+            self.press()
         if self.mode == "silent":
             return
         if self.mode == "garbage":

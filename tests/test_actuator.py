@@ -268,3 +268,17 @@ def test_supervisor_with_no_port_records_the_fault_and_the_fix(tmp_path):
     with pytest.raises(ActuatorFault, match="no calibrated position"):
         supervisor.sort("compost")
     assert supervisor.attempts == 2
+
+
+def test_button_events_are_kept_whether_they_arrive_between_or_before_replies():
+    emu = LineEmulator()
+    controller = LineController(Link(emu.port, 115200, 0.5))
+    emu.press()
+    time.sleep(0.1)
+    controller.move(0, 1500, 1.0)  # the event waiting on the line is not taken for the reply
+    assert controller.events() == ["BUTTON"]
+    emu.mode = "event_first"
+    controller.move(0, 1600, 1.0)
+    assert controller.events() == ["BUTTON"] and emu.positions[0] == 1600
+    assert controller.events() == []
+    emu.stop()

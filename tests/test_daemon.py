@@ -15,7 +15,7 @@ from edge.config import Config
 from edge.daemon import Daemon
 from edge.ledger import Ledger
 from edge.sdnotify import Notifier
-from edge.servo_emulator import MaestroEmulator
+from edge.servo_emulator import LineEmulator, MaestroEmulator
 from edge.simulation import SimulatedTray
 from edge.source import SourceFault
 from tests.broker import Broker, Subscriber, free_port, mosquitto_path, wait_for
@@ -307,3 +307,20 @@ def test_a_dark_or_covered_camera_is_reported_and_nothing_is_classified(tmp_path
     assert daemon.run() == 0
     assert seen == [] and bin_moves(emulator, daemon.config) == []
     assert "too dark or lens covered" in faults[-1]
+
+
+def test_the_controller_button_sorts_the_item_on_the_tray(tmp_path):
+    tray = SimulatedTray(synthetic=1, fps=0)
+    emulator = LineEmulator(on_move=tray.servo_moved)
+    config = config_for(tmp_path, emulator.port)
+    config.servo.protocol = "line"
+    config.trigger.mode = "manual"
+    seen = []
+    daemon = Daemon(config, opener=lambda cfg: tray, on_sorted=seen.append)
+    running = Running(daemon)
+    wait_for(lambda: daemon.ready and tray.placed == 1, what="an item on the tray")
+    assert seen == []
+    emulator.press()
+    assert running.join() == 0
+    emulator.stop()
+    assert len(seen) == 1

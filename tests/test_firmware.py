@@ -60,6 +60,16 @@ needs_simavr = pytest.mark.skipif(
 )
 
 
+class SimulatedBoard:
+    def __init__(self, port: str, sim: subprocess.Popen) -> None:
+        self.port, self.sim = port, sim
+
+    def press_button(self) -> None:
+        """Pin D2 pulled to ground for 100 ms of simulated time."""
+        self.sim.stdin.write("PRESS\n")
+        self.sim.stdin.flush()
+
+
 @pytest.fixture(scope="module")
 def simulated_board(tmp_path_factory):
     """The compiled firmware running under simavr, its UART on a pty: a board without the board."""
@@ -75,12 +85,15 @@ def simulated_board(tmp_path_factory):
     source = REPO / "tests" / "firmware_sim" / "simavr_uart_pty.c"
     subprocess.run(["cc", str(source), *flags, "-o", str(harness)], check=True)
     sim = subprocess.Popen(
-        [str(harness), str(build / "smartbin_servo.elf")], stdout=subprocess.PIPE, text=True
+        [str(harness), str(build / "smartbin_servo.elf")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         for line in sim.stdout:
             if line.startswith("PTY "):
-                yield line.split()[1]
+                yield SimulatedBoard(line.split()[1], sim)
                 break
         else:
             pytest.fail("simavr did not open a pty")
@@ -93,7 +106,7 @@ def simulated_board(tmp_path_factory):
 def test_real_firmware_through_the_real_driver(simulated_board):
     from edge.actuator import ActuatorFault, LineController, Link
 
-    controller = LineController(Link(simulated_board, 115200, 0.5))
+    controller = LineController(Link(simulated_board.port, 115200, 0.5))
     assert (
         controller.wait_ready(3.0)
         == f"{define('FIRMWARE_NAME')} {define('FIRMWARE_VERSION')} (line protocol)"
@@ -121,8 +134,30 @@ def test_servo_cycle_cli_against_the_simulated_board(simulated_board, tmp_path, 
     from edge.cli import main
 
     config = tmp_path / "smartbin.yaml"
-    config.write_text(f"servo:\n  protocol: line\n  port: {simulated_board}\n  dwell_s: 0\n")
+    config.write_text(f"servo:\n  protocol: line\n  port: {simulated_board.port}\n  dwell_s: 0\n")
     assert main(["servo", "cycle", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "smartbin-servo 0.1.0" in out
     assert sum(line.startswith("ok ") for line in out.splitlines()) == 4
+
+
+@needs_simavr
+def test_the_button_on_d2_reaches_the_driver_as_one_event(simulated_board):
+    import time
+
+    from edge.actuator import LineController, Link
+
+    controller = LineController(Link(simulated_board.port, 115200, 0.5))
+    controller.wait_ready(3.0)
+    assert controller.events() == []
+    simulated_board.press_button()
+    deadline = time.monotonic() + 10
+    events: list[str] = []
+    while not events and time.monotonic() < deadline:
+        events = controller.events()
+        time.sleep(0.05)
+    assert events == ["BUTTON"]  # one press, debounced: one event
+    controller.move(0, 1500, 1.0)  # requests still work after it
+    time.sleep(0.5)
+    assert controller.events() == []
+    controller.close()

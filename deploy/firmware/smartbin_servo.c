@@ -9,6 +9,8 @@
  *   assembles lines and never blocks on a partial one.
  * - A channel detaches itself HOLD_MS after its last move (jitter, heat).
  * - Pulse widths outside SERVO_MIN_US..SERVO_MAX_US are refused.
+ * - A push button from pin D2 to GND (internal pull-up), debounced, sends
+ *   `EVT BUTTON` between replies: "sort what is on the tray now".
  *
  * Build: make (needs gcc-avr and avr-libc). Flash: make flash PORT=/dev/ttyUSB0
  */
@@ -34,6 +36,7 @@
 #define LINE_MAX 47
 #define RX_SIZE 64 /* power of two */
 #define MAX_LOGGED_ERRORS 8
+#define DEBOUNCE_MS 30u
 
 #if (SERVO_MIN_US) < 500 || (SERVO_MAX_US) > 2500 || (SERVO_MIN_US) >= (SERVO_MAX_US)
 #error "servo limits must lie within 500..2500 us"
@@ -212,10 +215,26 @@ static void handle(char *line) {
     reply(out);
 }
 
+/* The button's level must hold DEBOUNCE_MS before it counts; a press (high -> low) is one event. */
+static void poll_button(uint32_t t) {
+    static uint8_t stable = 1, last = 1;
+    static uint32_t changed_at;
+    uint8_t level = (PIND >> PD2) & 1;
+    if (level != last) {
+        last = level;
+        changed_at = t;
+    } else if (level != stable && t - changed_at >= DEBOUNCE_MS) {
+        stable = level;
+        if (!stable) reply("EVT BUTTON");
+    }
+}
+
 int main(void) {
     char line[LINE_MAX + 1];
     uint8_t len = 0, overflow = 0;
 
+    DDRD &= ~(1 << PD2);
+    PORTD |= 1 << PD2; /* pull-up: the button pulls D2 to GND */
     uart_init();
     timers_init();
     sei();
@@ -248,6 +267,7 @@ int main(void) {
             while (lost--) log_error(6);
         }
         uint32_t t = millis();
+        poll_button(t);
         for (uint8_t ch = 0; ch < CHANNELS; ch++)
             if (attached[ch] && t - moved_at[ch] >= HOLD_MS) detach(ch);
     }

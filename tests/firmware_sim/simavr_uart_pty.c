@@ -2,16 +2,31 @@
  * Run an ATmega328P firmware ELF under simavr with UART0 on a pseudo-terminal,
  * so the tests drive the real firmware through the real Python driver.
  * Prints "PTY <path>" on stdout once the pty is up, then simulates until killed.
+ * A line "PRESS" on stdin presses the button on pin D2 for 100 ms (simulated time).
  *
  *   cc simavr_uart_pty.c $(pkg-config --cflags --libs simavr simavrparts) -o simavr_uart_pty
  *   ./simavr_uart_pty smartbin_servo.elf
  */
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "avr_ioport.h"
 #include "sim_avr.h"
 #include "sim_elf.h"
+#include "sim_irq.h"
+#include "sim_time.h"
 #include "uart_pty.h"
+
+/* A line on stdin asks for a button press: returns 1 when one is waiting. */
+static int press_requested(void) {
+    struct pollfd fd = {.fd = 0, .events = POLLIN};
+    char text[16];
+    if (poll(&fd, 1, 0) <= 0) return 0;
+    ssize_t n = read(0, text, sizeof text);
+    return n > 0 && !strncmp(text, "PRESS", 5);
+}
 
 int main(int argc, char **argv) {
     if (argc != 2) {
@@ -37,8 +52,22 @@ int main(int argc, char **argv) {
     printf("PTY %s\n", uart.pty.slavename);
     fflush(stdout);
 
+    avr_irq_t *button = avr_io_getirq(avr, AVR_IOCTL_IOPORT_GETIRQ('D'), 2);
+    avr_raise_irq(button, 1); /* released: the pull-up holds it high */
+    avr_cycle_count_t release_at = 0;
+    unsigned long turns = 0;
     int state = cpu_Running;
-    while (state != cpu_Done && state != cpu_Crashed) state = avr_run(avr);
+    while (state != cpu_Done && state != cpu_Crashed) {
+        state = avr_run(avr);
+        if (++turns % 20000 == 0 && press_requested()) {
+            avr_raise_irq(button, 0);
+            release_at = avr->cycle + avr_usec_to_cycles(avr, 100000);
+        }
+        if (release_at && avr->cycle >= release_at) {
+            avr_raise_irq(button, 1);
+            release_at = 0;
+        }
+    }
     uart_pty_stop(&uart);
     return state == cpu_Crashed;
 }
