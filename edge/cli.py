@@ -229,7 +229,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     bundle = classifier.bundle
     threshold = config.model.threshold if args.threshold is None else args.threshold
     if not 0 <= threshold <= 1:
-        raise SmartbinError(f"--threshold {threshold} is outside 0..1", "use e.g. --threshold 0.6")
+        raise SmartbinError(f"--threshold {threshold} is outside 0..1", "use e.g. --threshold 0.85")
     top_k = args.top_k or config.model.top_k
     skipped = 0
     if not args.json:

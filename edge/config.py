@@ -20,6 +20,9 @@ from edge.errors import SmartbinError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = REPO_ROOT / "models" / "garbage12-mnv2"
+# From bench/accuracy.py's sweep on the shipped model's test split (docs/benchmarks.md): the lowest
+# threshold at which the items it lets through reach 99% bin accuracy; 2.5% go to the fallback bin.
+DEFAULT_THRESHOLD = 0.85
 REFERENCE_HEADER = """\
 # smartbin device config: /etc/smartbin/smartbin.yaml on a bin.
 # Every key is optional; what is left out takes the default shown here.
@@ -48,7 +51,7 @@ class ModelConfig:
         None, "taxonomy YAML mapping items to bins; empty = the one the model was trained for"
     )
     threshold: float = opt(
-        0.6,
+        DEFAULT_THRESHOLD,
         "bin confidence below which the item goes to the fallback bin, marked uncertain",
         unit_interval,
         "a number from 0 to 1",

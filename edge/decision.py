@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from edge.config import DEFAULT_THRESHOLD
 from edge.taxonomy import Taxonomy
 
 
@@ -46,7 +47,7 @@ def decide(
     frame_probs: Sequence[np.ndarray] | np.ndarray,
     labels: Sequence[str],
     taxonomy: Taxonomy,
-    threshold: float = 0.6,
+    threshold: float = DEFAULT_THRESHOLD,
     fallback_bin: str | None = None,
     top_k: int = 3,
 ) -> Decision:

@@ -10,14 +10,15 @@ import numpy as np
 
 
 def convert(model, calibration: np.ndarray, kind: str = "int8") -> bytes:
-    """``kind``: ``int8`` (uint8 in/out, int8 weights and activations) or ``float16``."""
+    """``kind``: ``int8`` (uint8 in/out, int8 weights and activations), ``float16`` or ``float32``."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if kind == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    else:
+    elif kind == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
 
         def representative() -> Iterator[list[np.ndarray]]:
             for pixels in calibration:

@@ -1,0 +1,190 @@
+"""Inference speed: the same frames through each runtime in one run, as ratios to LiteRT int8.
+
+  .venv/bin/python bench/inference.py            # 100 held-out test photos, threads 1, 2, 4
+  .venv/bin/python bench/inference.py --quick    # a handful of frames: does it run?
+
+Runtimes: Keras `model.predict` (float, what the seed scripts ran), a direct
+call of the Keras model, LiteRT float32, LiteRT int8 (the shipped bundle) and
+tflite-runtime int8 (run in .venv-legacy, where scripts/test installs it).
+The float models are the same MobileNetV2 graph with the ImageNet weights
+(../shared/weights) and an untrained head: the head's weights do not change
+the speed, and the shipped bundle carries only the int8 model. Keras uses
+TensorFlow's own thread pools (all cores) whatever the thread column says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from common import BUNDLE, REPO, parser, print_table, summary, test_photos, time_calls, write_result
+
+LEGACY_PYTHON = REPO / ".venv-legacy" / "bin" / "python"
+
+
+def frames(n: int) -> tuple[np.ndarray, str]:
+    from edge.bundle import load_bundle
+    from edge.images import read_image
+    from edge.preprocess import prepare
+
+    spec = load_bundle(BUNDLE).input_spec
+    photos = test_photos(n)
+    if photos:
+        return np.stack([prepare(read_image(p), spec) for p in photos]), f"{len(photos)} held-out test photos"
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, spec.height, spec.width, 3), dtype=np.uint8), f"{n} random frames"
+
+
+def time_int8(pixels: np.ndarray, threads: int, repeat: int) -> tuple[dict, str]:
+    """The shipped bundle through whichever interpreter this environment has (edge.classifier's chain)."""
+    from edge.bundle import load_bundle
+    from edge.classifier import Classifier
+
+    classifier = Classifier(load_bundle(BUNDLE), threads=threads)
+    tensors = [classifier.tensor_from_pixels(p) for p in pixels]
+    it = iter(range(10**9))
+    ms = time_calls(lambda: classifier.predict_tensor(tensors[next(it) % len(tensors)]), repeat)
+    return summary(ms), classifier.runtime
+
+
+def legacy_int8(pixels: np.ndarray, threads: list[int], repeat: int) -> dict[int, dict] | str:
+    """tflite-runtime int8, timed by this same script in the legacy venv."""
+    if not LEGACY_PYTHON.exists():
+        return f"{LEGACY_PYTHON} absent (scripts/test makes it)"
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "pixels.npy", pixels)
+        result = subprocess.run(
+            [
+                str(LEGACY_PYTHON),
+                __file__,
+                "--worker",
+                str(Path(tmp) / "pixels.npy"),
+                "--repeat",
+                str(repeat),
+                "--threads",
+                *map(str, threads),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
+    if result.returncode:
+        return f"tflite-runtime did not run: {result.stderr.strip().splitlines()[-1:]}"
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    if data["runtime"] != "tflite-runtime":
+        return f"the legacy venv runs {data['runtime']}, not tflite-runtime"
+    return {int(t): s for t, s in data["times"].items()}
+
+
+def keras_and_float(pixels: np.ndarray, threads: list[int], repeat: int) -> dict[str, dict] | str:
+    try:
+        from host_training.model import build_classifier, resolve_weights
+    except ImportError as exc:
+        return f"TensorFlow is not installed ({exc}); pip install 'smartbin[train]'"
+    from edge.errors import SmartbinError
+
+    try:
+        weights = resolve_weights(None)
+    except SmartbinError as exc:
+        return exc.problem
+    from edge.classifier import open_interpreter
+    from host_training.quantize import convert
+
+    model = build_classifier(12, weights)
+    batch = [p[np.newaxis].astype(np.float32) for p in pixels]
+    it = iter(range(10**9))
+    results = {
+        "keras predict": summary(
+            time_calls(lambda: model.predict(batch[next(it) % len(batch)], verbose=0), repeat)
+        ),
+        "keras call": summary(
+            time_calls(lambda: model(batch[next(it) % len(batch)], training=False), repeat)
+        ),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "float32.tflite"
+        path.write_bytes(convert(model, None, kind="float32"))
+        for t in threads:
+            interpreter, _ = open_interpreter(path, t)
+            index = interpreter.get_input_details()[0]["index"]
+
+            def invoke(interpreter=interpreter, index=index) -> None:
+                interpreter.set_tensor(index, batch[next(it) % len(batch)])
+                interpreter.invoke()
+
+            results[f"litert float32 @{t}"] = summary(time_calls(invoke, repeat))
+    return results
+
+
+def worker(args) -> None:
+    pixels = np.load(args.worker)
+    times, runtime = {}, None
+    for t in args.threads:
+        times[t], runtime = time_int8(pixels, t, args.repeat)
+    print(json.dumps({"runtime": runtime, "times": times}))
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--frames", type=int, default=100, help="test photos to cycle through (default 100)")
+    p.add_argument("--repeat", type=int, default=200, help="timed calls per runtime (default 200)")
+    p.add_argument("--threads", type=int, nargs="+", help="thread counts (default 1, 2, 4 up to the cores)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # the legacy venv's half
+    args = p.parse_args()
+    if args.quick:
+        args.frames, args.repeat = 4, 5
+    threads = args.threads or [t for t in (1, 2, 4) if t <= (os.cpu_count() or 1)]
+    args.threads = threads
+    if args.worker:
+        worker(args)
+        return
+    pixels, what = frames(args.frames)
+    print(f"inference on {what}, {args.repeat} timed calls each, threads {threads}\n")
+    int8, runtime = {}, None
+    for t in threads:
+        int8[t], runtime = time_int8(pixels, t, args.repeat)
+    legacy = legacy_int8(pixels, threads, args.repeat)
+    others = keras_and_float(pixels, threads, args.repeat)
+    rows, table = [], []
+    for t in threads:
+        ref = int8[t]["median_ms"]
+        entries = [(f"{runtime} int8", int8[t])]
+        if isinstance(others, dict):
+            entries.insert(0, ("keras predict (float)", others["keras predict"]))
+            entries.insert(1, ("keras call (float)", others["keras call"]))
+            entries.insert(2, ("litert float32", others[f"litert float32 @{t}"]))
+        if isinstance(legacy, dict):
+            entries.append(("tflite-runtime int8", legacy[t]))
+        for name, s in entries:
+            table.append([name, t, s["median_ms"], s["p90_ms"], round(s["median_ms"] / ref, 2)])
+            rows.append(
+                {"runtime": name, "threads": t, **s, "ratio_to_litert_int8": round(s["median_ms"] / ref, 3)}
+            )
+    print_table(["runtime", "threads", "median ms", "p90 ms", "× litert int8"], table)
+    skipped = {
+        k: v for k, v in (("keras and float", others), ("tflite-runtime", legacy)) if isinstance(v, str)
+    }
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    write_result(
+        "inference",
+        args.out,
+        {
+            "frames": what,
+            "repeat": args.repeat,
+            "bundle": BUNDLE.name,
+            "results": rows,
+            "skipped": skipped,
+            "quick": args.quick,
+        },
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
