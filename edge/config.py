@@ -124,7 +124,9 @@ class ServoConfig:
 @dataclass
 class LedgerConfig:
     path: Optional[str] = opt(
-        None, "SQLite file of counts and unsent messages; empty = $STATE_DIRECTORY/ledger.db (systemd)"
+        None,
+        "SQLite file of counts and unsent messages; empty = ledger.db in $STATE_DIRECTORY (systemd), "
+        "else in /var/lib/smartbin if it exists, else in the working folder",
     )
     max_pending_events: int = opt(
         10_000,
@@ -268,7 +270,7 @@ class SortingConfig:
     review_folder: Optional[str] = opt(
         None,
         "where uncertain items' frames (+ probabilities JSON) are kept for labelling; "
-        "empty = $STATE_DIRECTORY/review",
+        "empty = review/ beside the ledger",
     )
     review_max: int = opt(
         500,

@@ -39,7 +39,7 @@ from edge.classifier import Classifier, load_classifier
 from edge.config import Config, ServoConfig, load_config
 from edge.decision import Decision, decide
 from edge.errors import SmartbinError
-from edge.ledger import Ledger, SortedItem, open_ledger
+from edge.ledger import Ledger, SortedItem, open_ledger, state_directory
 from edge.review import save_for_review
 from edge.sdnotify import Notifier
 from edge.source import Camera, FrameSource, open_source
@@ -64,17 +64,13 @@ class Item:
     attempts: int = 0
 
 
-def state_directory(config: Config) -> Path:
-    """Where the ledger lives; the pid file and the review folder default to it too."""
-    return (
-        Path(config.ledger.path).parent
-        if config.ledger.path
-        else Path(os.environ.get("STATE_DIRECTORY", "."))
-    )
+def state_folder(config: Config) -> Path:
+    """The ledger's folder: the pid file and the review folder live beside it."""
+    return Path(config.ledger.path).parent if config.ledger.path else state_directory()
 
 
 def pid_file(config: Config) -> Path:
-    return state_directory(config) / "smartbin.pid"
+    return state_folder(config) / "smartbin.pid"
 
 
 class Daemon:
@@ -271,7 +267,7 @@ class Daemon:
 
     def review_folder(self) -> Path:
         folder = self.config.sorting.review_folder
-        return Path(folder) if folder else state_directory(self.config) / "review"
+        return Path(folder) if folder else state_folder(self.config) / "review"
 
     def attempt(self, item: Item) -> None:
         item.attempts += 1

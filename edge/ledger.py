@@ -85,9 +85,20 @@ class Pending:
     payload: str
 
 
+SERVICE_STATE = Path("/var/lib/smartbin")
+
+
+def state_directory() -> Path:
+    """Where the service keeps its state: systemd's $STATE_DIRECTORY when it runs as the service;
+    for a technician's `smartbin counts` or `smartbin sort` on the bin, the service's folder;
+    elsewhere (a workstation, the tests) the working folder."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    return SERVICE_STATE if SERVICE_STATE.is_dir() else Path(".")
+
+
 def default_path() -> Path:
-    """systemd's StateDirectory= when run as the service, else the working folder."""
-    return Path(os.environ.get("STATE_DIRECTORY", ".")) / "ledger.db"
+    return state_directory() / "ledger.db"
 
 
 def open_ledger(cfg: LedgerConfig) -> Ledger:

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -237,3 +238,16 @@ def test_counts_cli(tmp_path, capsys):
     assert main(["counts", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "kitchen" in out and "4 messages wait for the broker" in out
+
+
+def test_the_ledger_is_found_where_the_service_keeps_it(tmp_path, monkeypatch):
+    """systemd's $STATE_DIRECTORY; else, for a technician on the bin, the service's folder; else here."""
+    service = tmp_path / "var-lib-smartbin"
+    monkeypatch.setattr(ledger_module, "SERVICE_STATE", service)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    assert ledger_module.default_path() == Path("ledger.db")
+    service.mkdir()
+    assert ledger_module.default_path() == service / "ledger.db"
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "systemd"))
+    assert ledger_module.default_path() == tmp_path / "systemd" / "ledger.db"
