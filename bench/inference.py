@@ -8,8 +8,8 @@ call of the Keras model, LiteRT float32, LiteRT int8 (the shipped bundle) and
 tflite-runtime int8 (run in .venv-legacy, where scripts/test installs it).
 The float models are the same MobileNetV2 graph with the ImageNet weights
 (../shared/weights) and an untrained head: the head's weights do not change
-the speed, and the shipped bundle carries only the int8 model. Keras uses
-TensorFlow's own thread pools (all cores) whatever the thread column says.
+the speed, and the shipped bundle carries only the int8 model. Each thread
+count of the float rows runs in its own process, TensorFlow's pools set to it.
 """
 
 from __future__ import annotations
@@ -53,123 +53,141 @@ def time_int8(pixels: np.ndarray, threads: int, repeat: int) -> tuple[dict, str]
     return summary(ms), classifier.runtime
 
 
-def legacy_int8(pixels: np.ndarray, threads: list[int], repeat: int) -> dict[int, dict] | str:
+def run_worker(python: Path | str, mode: str, pixels: Path, threads: list[int], repeat: int) -> dict | str:
+    """This script again in another process: another venv, or TensorFlow with its threads set at start."""
+    result = subprocess.run(
+        [
+            str(python),
+            __file__,
+            "--worker",
+            mode,
+            "--pixels",
+            str(pixels),
+            "--repeat",
+            str(repeat),
+            "--threads",
+            *map(str, threads),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode or not lines:
+        return (
+            lines[-1]
+            if result.returncode == 3 and lines
+            else (f"{mode} worker failed: {result.stderr.strip().splitlines()[-1:]}")
+        )
+    return json.loads(lines[-1])
+
+
+def legacy_int8(pixels: Path, threads: list[int], repeat: int) -> dict[int, dict] | str:
     """tflite-runtime int8, timed by this same script in the legacy venv."""
     if not LEGACY_PYTHON.exists():
         return f"{LEGACY_PYTHON} absent (scripts/test makes it)"
-    with tempfile.TemporaryDirectory() as tmp:
-        np.save(Path(tmp) / "pixels.npy", pixels)
-        result = subprocess.run(
-            [
-                str(LEGACY_PYTHON),
-                __file__,
-                "--worker",
-                str(Path(tmp) / "pixels.npy"),
-                "--repeat",
-                str(repeat),
-                "--threads",
-                *map(str, threads),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-        )
-    if result.returncode:
-        return f"tflite-runtime did not run: {result.stderr.strip().splitlines()[-1:]}"
-    data = json.loads(result.stdout.strip().splitlines()[-1])
+    data = run_worker(LEGACY_PYTHON, "int8", pixels, threads, repeat)
+    if isinstance(data, str):
+        return data
     if data["runtime"] != "tflite-runtime":
         return f"the legacy venv runs {data['runtime']}, not tflite-runtime"
     return {int(t): s for t, s in data["times"].items()}
 
 
-def keras_and_float(pixels: np.ndarray, threads: list[int], repeat: int) -> dict[str, dict] | str:
+def float_times(pixels: np.ndarray, threads: int, repeat: int) -> dict[str, dict] | str:
+    """Keras predict, a Keras call and LiteRT float32, with TensorFlow limited to ``threads``."""
     try:
+        import tensorflow as tf
+
         from host_training.model import build_classifier, resolve_weights
     except ImportError as exc:
-        return f"TensorFlow is not installed ({exc}); pip install 'smartbin[train]'"
+        return f"TensorFlow is not installed ({exc}); pip install 'smartbin[bench]'"
+    from edge.classifier import open_interpreter
     from edge.errors import SmartbinError
+    from host_training.quantize import convert
 
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
     try:
         weights = resolve_weights(None)
     except SmartbinError as exc:
         return exc.problem
-    from edge.classifier import open_interpreter
-    from host_training.quantize import convert
-
     model = build_classifier(12, weights)
     batch = [p[np.newaxis].astype(np.float32) for p in pixels]
     it = iter(range(10**9))
     results = {
-        "keras predict": summary(
+        "keras predict (float)": summary(
             time_calls(lambda: model.predict(batch[next(it) % len(batch)], verbose=0), repeat)
         ),
-        "keras call": summary(
+        "keras call (float)": summary(
             time_calls(lambda: model(batch[next(it) % len(batch)], training=False), repeat)
         ),
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "float32.tflite"
         path.write_bytes(convert(model, None, kind="float32"))
-        for t in threads:
-            interpreter, _ = open_interpreter(path, t)
-            index = interpreter.get_input_details()[0]["index"]
+        interpreter, _ = open_interpreter(path, threads)
+        index = interpreter.get_input_details()[0]["index"]
 
-            def invoke(interpreter=interpreter, index=index) -> None:
-                interpreter.set_tensor(index, batch[next(it) % len(batch)])
-                interpreter.invoke()
+        def invoke() -> None:
+            interpreter.set_tensor(index, batch[next(it) % len(batch)])
+            interpreter.invoke()
 
-            results[f"litert float32 @{t}"] = summary(time_calls(invoke, repeat))
+        results["litert float32"] = summary(time_calls(invoke, repeat))
     return results
 
 
-def worker(args) -> None:
-    pixels = np.load(args.worker)
+def worker(args) -> int:
+    pixels = np.load(args.pixels)
+    if args.worker == "float":
+        result = float_times(pixels, args.threads[0], args.repeat)
+        print(result if isinstance(result, str) else json.dumps(result))
+        return 3 if isinstance(result, str) else 0
     times, runtime = {}, None
     for t in args.threads:
         times[t], runtime = time_int8(pixels, t, args.repeat)
     print(json.dumps({"runtime": runtime, "times": times}))
+    return 0
 
 
-def main() -> None:
+def main() -> int:
     p = parser(__doc__)
     p.add_argument("--frames", type=int, default=100, help="test photos to cycle through (default 100)")
     p.add_argument("--repeat", type=int, default=200, help="timed calls per runtime (default 200)")
     p.add_argument("--threads", type=int, nargs="+", help="thread counts (default 1, 2, 4 up to the cores)")
-    p.add_argument("--worker", help=argparse.SUPPRESS)  # the legacy venv's half
+    p.add_argument("--worker", choices=("int8", "float"), help=argparse.SUPPRESS)  # a child process's part
+    p.add_argument("--pixels", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
         args.frames, args.repeat = 4, 5
-    threads = args.threads or [t for t in (1, 2, 4) if t <= (os.cpu_count() or 1)]
-    args.threads = threads
+    args.threads = args.threads or [t for t in (1, 2, 4) if t <= (os.cpu_count() or 1)]
     if args.worker:
-        worker(args)
-        return
+        return worker(args)
+    threads = args.threads
     pixels, what = frames(args.frames)
     print(f"inference on {what}, {args.repeat} timed calls each, threads {threads}\n")
     int8, runtime = {}, None
     for t in threads:
         int8[t], runtime = time_int8(pixels, t, args.repeat)
-    legacy = legacy_int8(pixels, threads, args.repeat)
-    others = keras_and_float(pixels, threads, args.repeat)
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Path(tmp) / "pixels.npy"
+        np.save(saved, pixels)
+        legacy = legacy_int8(saved, threads, args.repeat)
+        floats = {t: run_worker(sys.executable, "float", saved, [t], args.repeat) for t in threads}
     rows, table = [], []
     for t in threads:
         ref = int8[t]["median_ms"]
-        entries = [(f"{runtime} int8", int8[t])]
-        if isinstance(others, dict):
-            entries.insert(0, ("keras predict (float)", others["keras predict"]))
-            entries.insert(1, ("keras call (float)", others["keras call"]))
-            entries.insert(2, ("litert float32", others[f"litert float32 @{t}"]))
+        entries = list(floats[t].items()) if isinstance(floats[t], dict) else []
+        entries.append((f"{runtime} int8", int8[t]))
         if isinstance(legacy, dict):
             entries.append(("tflite-runtime int8", legacy[t]))
         for name, s in entries:
-            table.append([name, t, s["median_ms"], s["p90_ms"], round(s["median_ms"] / ref, 2)])
-            rows.append(
-                {"runtime": name, "threads": t, **s, "ratio_to_litert_int8": round(s["median_ms"] / ref, 3)}
-            )
+            ratio = round(s["median_ms"] / ref, 3)
+            table.append([name, t, s["median_ms"], s["p90_ms"], round(ratio, 2)])
+            rows.append({"runtime": name, "threads": t, **s, "ratio_to_litert_int8": ratio})
     print_table(["runtime", "threads", "median ms", "p90 ms", "× litert int8"], table)
-    skipped = {
-        k: v for k, v in (("keras and float", others), ("tflite-runtime", legacy)) if isinstance(v, str)
-    }
+    skipped = {"tflite-runtime": legacy} if isinstance(legacy, str) else {}
+    skipped.update({f"float @{t}": v for t, v in floats.items() if isinstance(v, str)})
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     write_result(
@@ -184,6 +202,7 @@ def main() -> None:
             "quick": args.quick,
         },
     )
+    return 0
 
 
 if __name__ == "__main__":
