@@ -31,7 +31,9 @@ from common import BUNDLE, REPO, parser, print_table, summary, test_photos, writ
 STAGES = ("capture", "trigger", "preprocess", "invoke", "decide", "move", "ledger")
 
 
-def run(photos: list[Path], vote_frames: int, threads: int, tmp: Path, profile: bool) -> dict:
+def run(
+    photos: list[Path], vote_frames: int, threads: int, tmp: Path, profile: bool, size: tuple[int, int]
+) -> dict:
     import cv2
 
     from edge.actuator import Calibration, ServoSupervisor, open_controller
@@ -50,10 +52,10 @@ def run(photos: list[Path], vote_frames: int, threads: int, tmp: Path, profile: 
 
     folder = tmp / "frames"
     folder.mkdir()
-    tray = empty_tray()
+    tray = empty_tray(size[1], size[0])
     cv2.imwrite(str(folder / "00000-empty.jpg"), tray)
     for n, photo in enumerate(photos, 1):
-        frame = folder / f"{n:05d}-0.jpg"  # a 640x480 camera frame, as a USB camera's MJPEG
+        frame = folder / f"{n:05d}-0.jpg"  # a camera frame, JPEG as a USB camera's MJPEG
         cv2.imwrite(str(frame), place_item(tray, read_image(photo)), [cv2.IMWRITE_JPEG_QUALITY, 90])
         for k in range(1, vote_frames):  # the K frames of one settled item
             (folder / f"{n:05d}-{k}.jpg").symlink_to(frame)
@@ -148,7 +150,12 @@ def main() -> None:
     p.add_argument("--vote-frames", type=int, default=3, help="frames per item (default 3, as the daemon)")
     p.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2, as the daemon)")
     p.add_argument("--profile", action="store_true", help="profile the loop with pyinstrument")
+    p.add_argument("--size", help="camera frame WIDTHxHEIGHT (default: camera.width x camera.height)")
     args = p.parse_args()
+    from edge.config import CameraConfig
+
+    camera = CameraConfig()
+    size = tuple(map(int, args.size.split("x"))) if args.size else (camera.width, camera.height)
     if args.quick:
         args.items = 4
     photos = test_photos(args.items)
@@ -156,7 +163,7 @@ def main() -> None:
         raise SystemExit("the pipeline benchmark replays real photos: ../shared/datasets/garbage12 is absent")
     tmp = Path(tempfile.mkdtemp(prefix="smartbin-bench-"))
     try:
-        r = run(photos, args.vote_frames, args.threads, tmp, args.profile)
+        r = run(photos, args.vote_frames, args.threads, tmp, args.profile, size)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     k = args.vote_frames
@@ -189,7 +196,7 @@ def main() -> None:
             ]
         )
     print(
-        f"\npipeline, {len(photos)} items of {k} frames, {args.threads} threads; "
+        f"\npipeline, {len(photos)} items of {k} frames of {size[0]}x{size[1]}, {args.threads} threads; "
         f"bare invoke {invoke:.2f} ms\n"
     )
     print_table(["stage", "median ms", "p90 ms", "× invoke"], rows)
@@ -205,6 +212,7 @@ def main() -> None:
         {
             "items": len(photos),
             "vote_frames": k,
+            "frame_size": list(size),
             "threads": args.threads,
             "bare_invoke": summary(r["bare_invoke"]),
             "stages": stages,

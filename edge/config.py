@@ -165,7 +165,11 @@ class CameraConfig:
         "camera index (0), device (/dev/video0), GStreamer pipeline (ending in appsink), rtsp:// "
         "URL, video file, or a folder of images replayed in name order",
     )
-    width: Optional[int] = opt(640, "capture width in pixels; empty = the camera's default")
+    width: Optional[int] = opt(
+        640,
+        "capture width in pixels; empty = the camera's default (320x240 makes the loop faster, "
+        "docs/benchmarks.md, if the camera keeps its field of view)",
+    )
     height: Optional[int] = opt(480, "capture height in pixels; empty = the camera's default")
     fps: Optional[float] = opt(15.0, "capture frames per second; empty = the camera's default")
     exposure: Optional[float] = opt(
