@@ -60,3 +60,13 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
 def tiny_bundle(tiny_run, tmp_path) -> Path:
     """A private copy of the tiny run's bundle, free to damage."""
     return Path(shutil.copytree(tiny_run / "bundle", tmp_path / "bundle"))
+
+
+@pytest.fixture()
+def broker(tmp_path):
+    """A real Mosquitto on a free loopback port, for one test."""
+    from tests.broker import Broker
+
+    b = Broker(tmp_path).start()
+    yield b
+    b.stop()

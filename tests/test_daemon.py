@@ -18,7 +18,7 @@ from edge.sdnotify import Notifier
 from edge.servo_emulator import LineEmulator, MaestroEmulator
 from edge.simulation import SimulatedTray
 from edge.source import SourceFault
-from tests.broker import Broker, Subscriber, free_port, mosquitto_path, wait_for
+from tests.broker import Subscriber, free_port, mosquitto_path, wait_for
 
 needs_broker = pytest.mark.skipif(
     mosquitto_path() is None, reason="mosquitto absent: scripts/test installs it"
@@ -71,13 +71,6 @@ def emulator():
     e.tray = tray
     yield e
     e.stop()
-
-
-@pytest.fixture()
-def broker(tmp_path):
-    b = Broker(tmp_path).start()
-    yield b
-    b.stop()
 
 
 @needs_broker

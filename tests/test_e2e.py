@@ -104,13 +104,6 @@ def start(config: Path, notify: Path | None = None) -> subprocess.Popen:
 
 
 @pytest.fixture()
-def broker(tmp_path):
-    b = Broker(tmp_path).start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture()
 def session(tmp_path):
     photos = [p for label in LABELS for p in real_photos(label, 2)]
     return photos, record_session(tmp_path / "frames", photos)

@@ -31,13 +31,6 @@ def sort(ledger: Ledger, telemetry: Telemetry | None, n: int) -> None:
         telemetry.notify()
 
 
-@pytest.fixture()
-def broker(tmp_path):
-    b = Broker(tmp_path).start()
-    yield b
-    b.stop()
-
-
 def telemetry_for(broker: Broker, ledger: Ledger, device: str = "bin-1") -> Telemetry:
     cfg = MqttConfig(port=broker.port, host="127.0.0.1", reconnect_max_s=1.0, keepalive_s=5)
     t = Telemetry(cfg, device, ledger, status=lambda: {"model_id": "m1", "faults": {}})
