@@ -26,6 +26,7 @@ import numpy as np
 from common import BUNDLE, REPO, parser, print_table, summary, test_photos, time_calls, write_result
 
 LEGACY_PYTHON = REPO / ".venv-legacy" / "bin" / "python"
+SKIPPED = 3  # a worker's exit status when it cannot measure; its last line says why
 
 
 def frames(n: int) -> tuple[np.ndarray, str]:
@@ -72,14 +73,12 @@ def run_worker(python: Path | str, mode: str, pixels: Path, threads: list[int], 
         text=True,
         cwd=REPO,
     )
-    lines = result.stdout.strip().splitlines()
-    if result.returncode or not lines:
-        return (
-            lines[-1]
-            if result.returncode == 3 and lines
-            else (f"{mode} worker failed: {result.stderr.strip().splitlines()[-1:]}")
-        )
-    return json.loads(lines[-1])
+    last = (result.stdout.strip().splitlines() or [""])[-1]
+    if result.returncode == SKIPPED:
+        return last  # why the worker could not measure (no TensorFlow, no weights)
+    if result.returncode or not last:
+        return f"{mode} worker failed: {result.stderr.strip().splitlines()[-1:]}"
+    return json.loads(last)
 
 
 def legacy_int8(pixels: Path, threads: list[int], repeat: int) -> dict[int, dict] | str:
@@ -142,7 +141,7 @@ def worker(args) -> int:
     if args.worker == "float":
         result = float_times(pixels, args.threads[0], args.repeat)
         print(result if isinstance(result, str) else json.dumps(result))
-        return 3 if isinstance(result, str) else 0
+        return SKIPPED if isinstance(result, str) else 0
     times, runtime = {}, None
     for t in args.threads:
         times[t], runtime = time_int8(pixels, t, args.repeat)
