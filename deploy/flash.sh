@@ -32,6 +32,9 @@ Options:
   --config FILE        install FILE as the bin's config; the old one is kept as
                        smartbin.yaml.<time>.bak (without --config it is never touched)
   --device-id ID       device_id written into a new config (default: the bin's host name)
+  --system-opencv      use the bin's own OpenCV and numpy (sudo apt install python3-opencv)
+                       instead of the pip wheel: the pip wheel has no GStreamer, which a
+                       Raspberry Pi camera module needs (camera.source: a libcamerasrc pipeline)
   --rollback           switch back to the previous release and restart; nothing is built
   --keep N             releases kept on the bin (default 3)
   --health-timeout S   seconds the service must stay up after the restart (default 20)
@@ -46,6 +49,7 @@ Examples:
   deploy/flash.sh --dry-run pi@bin-07.local             see what it would do
   deploy/flash.sh --config bin-07.yaml pi@bin-07.local  deploy and replace the config
   deploy/flash.sh --rollback pi@bin-07.local            back to the previous release
+  deploy/flash.sh --system-opencv pi@bin-07.local       a bin with a Pi camera module
   for h in $(cat bins.txt); do deploy/flash.sh --yes "pi@$h" || echo "$h failed"; done
 
 After a deploy: ssh in and run `journalctl -u smartbin -f` to watch it sort,
@@ -53,8 +57,9 @@ After a deploy: ssh in and run `journalctl -u smartbin -f` to watch it sort,
 --config /etc/smartbin/smartbin.yaml` to check each part by hand.
 
 Environment (tests and unusual images): SMARTBIN_PREFIX installs under another
-root on the bin; SMARTBIN_SYSTEMCTL replaces systemctl there; SSH_OPTS adds ssh
-options; PYTHON is the local Python that builds the wheels (default: .venv's).
+root on the bin; SMARTBIN_SYSTEMCTL replaces systemctl there; SMARTBIN_PYTHON is
+the bin's Python for the venv (default python3); SSH_OPTS adds ssh options;
+PYTHON is the local Python that builds the wheels (default: .venv's).
 Exit status: 0 deployed (or nothing to do), 1 the new release failed its health
 check (rolled back where there was a release to roll back to), 2 an error
 stopped the run before the bin was changed, or a step on the bin failed.
@@ -75,6 +80,7 @@ device_id=""
 keep=3
 health_s=20
 rollback=0
+system_opencv=0
 dry_run=0
 yes=0
 ssh_args=()
@@ -87,6 +93,7 @@ while [ "$#" -gt 0 ]; do
         --keep) keep="${2:?--keep needs a number}"; shift 2 ;;
         --health-timeout) health_s="${2:?--health-timeout needs seconds}"; shift 2 ;;
         --rollback) rollback=1; shift ;;
+        --system-opencv) system_opencv=1; shift ;;
         -p | --port) ssh_args+=(-p "${2:?--port needs a number}"); shift 2 ;;
         -i | --identity) ssh_args+=(-i "${2:?--identity needs a key file}"); shift 2 ;;
         -n | --dry-run) dry_run=1; shift ;;
@@ -125,6 +132,7 @@ ssh_cmd=(ssh -o ControlMaster=auto -o "ControlPath=$work/ssh" -o ControlPersist=
 remote_env=(
     "SMARTBIN_PREFIX=$(printf %q "${SMARTBIN_PREFIX:-/}")"
     "SMARTBIN_SYSTEMCTL=$(printf %q "${SMARTBIN_SYSTEMCTL:-systemctl}")"
+    "SMARTBIN_PYTHON=$(printf %q "${SMARTBIN_PYTHON:-python3}")"
     "DRY_RUN=$dry_run"
 )
 
@@ -147,6 +155,14 @@ current=$(value current)
 device_id="${device_id:-$(value hostname)}"
 [ -n "$pyver" ] || die "$target has no python3 with venv" "on the bin: sudo apt install python3-venv"
 echo "    $arch, Python $pyver, glibc $glibc; running: ${current:-nothing yet}"
+opencv=""
+if [ "$system_opencv" = 1 ] && [ "$rollback" = 0 ]; then
+    opencv=$(value opencv)
+    [ -n "$opencv" ] || die "--system-opencv: the bin's ${SMARTBIN_PYTHON:-python3} cannot import cv2" \
+        "on the bin: sudo apt install python3-opencv (or deploy without --system-opencv)"
+    numpy=$(value numpy)
+    echo "    the bin's OpenCV $opencv (GStreamer: $(value gstreamer)), numpy $numpy"
+fi
 if [ "$remote_uid" != 0 ]; then
     "${ssh_cmd[@]}" "$target" "sudo -n true" 2>/dev/null || [ "$dry_run" = 1 ] \
         || die "the login user on $target has no passwordless sudo" "log in as root, or allow sudo without a password"
@@ -180,6 +196,7 @@ digest=$(
         sha256sum pyproject.toml systemd/smartbin.service config/smartbin.yaml deploy/remote.sh
         (cd "$model" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
         echo "$arch $pyver $glibc"
+        [ -z "$opencv" ] || echo "system OpenCV $opencv numpy $numpy"
     } | sha256sum | cut -c1-10
 )
 release="$version-$digest"
@@ -196,6 +213,7 @@ if [ "$have" = yes ]; then
 elif [ "$dry_run" = 1 ]; then
     say "build release $release for $arch, Python $pyver"
     echo "    would: build the smartbin wheel, download its dependencies' wheels, add the model and unit"
+    [ -z "$opencv" ] || echo "    would: leave out the OpenCV and numpy wheels (the bin's own are used)"
     echo "    would: copy build/release/$release to $target"
 else
     say "building release $release for $arch, Python $pyver"
@@ -211,9 +229,19 @@ else
         minor=$((minor + 1))
     done
     platforms+=(--platform "manylinux2014_$arch" --platform "linux_$arch")
+    constraints=()
+    if [ -n "$opencv" ]; then
+        # every wheel must work with the bin's numpy, which its OpenCV was built against
+        echo "numpy==$numpy" >"$work/constraints.txt"
+        constraints=(--constraint "$work/constraints.txt")
+    fi
     "$python" -m pip download --quiet --only-binary=:all: --implementation cp --python-version "$pyver" \
-        "${platforms[@]}" -d "$out.tmp/wheels" "smartbin[edge] @ file://$wheel" \
+        "${platforms[@]}" "${constraints[@]}" -d "$out.tmp/wheels" "smartbin[edge] @ file://$wheel" \
         || die "cannot fetch the wheels for $arch, Python $pyver" "this machine needs the package index once; later runs use pip's cache"
+    if [ -n "$opencv" ]; then
+        rm -f "$out.tmp"/wheels/opencv_python*.whl "$out.tmp"/wheels/numpy-*.whl
+        echo "OpenCV $opencv, numpy $numpy" >"$out.tmp/SYSTEM_OPENCV"
+    fi
     cp -r "$model" "$out.tmp/model"
     cp "$repo/systemd/smartbin.service" "$out.tmp/systemd/"
     cp "$repo/config/smartbin.yaml" "$out.tmp/reference.yaml"

@@ -10,6 +10,7 @@ prefix="${SMARTBIN_PREFIX:-/}"
 prefix="${prefix%/}"
 systemctl="${SMARTBIN_SYSTEMCTL:-systemctl}"
 dry_run="${DRY_RUN:-0}"
+python="${SMARTBIN_PYTHON:-python3}"
 home="$prefix/opt/smartbin"
 releases="$home/releases"
 etc="$prefix/etc/smartbin"
@@ -74,10 +75,15 @@ probe() {
     echo "uid=$(id -u)"
     echo "arch=$(uname -m)"
     echo "hostname=$(uname -n)"
-    if python3 -c 'import venv, ensurepip' 2>/dev/null; then
-        echo "python=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    if "$python" -c 'import venv, ensurepip' 2>/dev/null; then
+        echo "python=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
     fi
     echo "glibc=$(getconf GNU_LIBC_VERSION | awk '{ print $2 }')"
+    # the bin's own OpenCV, for --system-opencv (none printed when Python cannot import it)
+    "$python" -c 'import cv2, numpy, re
+gst = re.search(r"GStreamer:\s*(\w+)", cv2.getBuildInformation())
+print("opencv=%s\nnumpy=%s\ngstreamer=%s" % (cv2.__version__, numpy.__version__, gst.group(1) if gst else "NO"))' \
+        2>/dev/null || true
     echo "current=$(current_release)"
 }
 
@@ -92,10 +98,16 @@ install_release() {
     run rm -rf "$dir"
     run mv "$incoming/$release" "$dir"
     step "create its venv (with the system site packages, for the camera stack)"
-    run python3 -m venv --system-site-packages "$dir/venv"
-    step "install smartbin[edge] from the release's wheels (no network)"
-    run env PIP_CONFIG_FILE=/dev/null "$dir/venv/bin/pip" install --quiet --no-index --find-links "$dir/wheels" \
-        "smartbin[edge]"
+    run "$python" -m venv --system-site-packages "$dir/venv"
+    if [ -e "$dir/SYSTEM_OPENCV" ]; then
+        step "install the release's wheels (no network); OpenCV and numpy are the bin's: $(cat "$dir/SYSTEM_OPENCV")"
+        run env PIP_CONFIG_FILE=/dev/null "$dir/venv/bin/pip" install --quiet --no-index --no-deps "$dir"/wheels/*.whl
+        run "$dir/venv/bin/python" -c 'import cv2, numpy'
+    else
+        step "install smartbin[edge] from the release's wheels (no network)"
+        run env PIP_CONFIG_FILE=/dev/null "$dir/venv/bin/pip" install --quiet --no-index --find-links "$dir/wheels" \
+            "smartbin[edge]"
+    fi
     run touch "$dir/.complete"
     changed=1
 }

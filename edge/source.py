@@ -21,6 +21,7 @@ frames are not classified.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -87,13 +88,22 @@ class Pacer:
             self.due = max(now, self.due) + self.period
 
 
+def opencv_has_gstreamer() -> bool:
+    return bool(re.search(r"GStreamer:\s*YES", cv2.getBuildInformation()))
+
+
 def source_fix(source: Union[int, str]) -> str:
     """What to check when this source fails."""
+    if source_kind(source) == "gstreamer" and not opencv_has_gstreamer():
+        return (
+            f"this OpenCV ({cv2.__version__}, {Path(cv2.__file__).parent}) has no GStreamer, as the pip "
+            "wheel has none: on the bin, sudo apt install python3-opencv, and deploy with "
+            "deploy/flash.sh --system-opencv"
+        )
     return {
         "camera": "check the cable and `ls /dev/video*`; the smartbin user must be in the video group; "
         "set camera.source to the right index or device",
-        "gstreamer": "test the pipeline with gst-launch-1.0; this OpenCV must be built with GStreamer "
-        "(the system python3-opencv is; the pip wheel is not)",
+        "gstreamer": "test the pipeline with gst-launch-1.0 (replace appsink with fakesink)",
         "stream": "check the URL, the network and the credentials (ffplay URL)",
         "video": "check camera.source: the file must exist and be a video OpenCV can decode",
         "folder": "check camera.source: the folder must hold images",

@@ -15,6 +15,7 @@ import pytest
 from edge.cli import main
 from edge.servo_emulator import MaestroEmulator
 from edge.simulation import empty_tray
+from edge.source import opencv_has_gstreamer
 from tests.broker import Broker, Subscriber, free_port, mosquitto_path, wait_for
 from tests.conftest import GARBAGE12, REPO, SHIPPED, real_photos
 
@@ -83,6 +84,14 @@ def test_check_names_each_missing_part_and_its_fix(tmp_path, capsys):
     assert "FAIL  camera  camera /dev/video99 cannot be opened" in out and "video group" in out
     assert "FAIL  servo" in out and "does not exist" in out and "/dev/serial/by-id" in out
     assert "FAIL  mqtt tcp" in out and "is the broker running" in out
+
+
+@pytest.mark.skipif(opencv_has_gstreamer(), reason="this OpenCV has GStreamer (the pip wheel has not)")
+def test_a_gstreamer_camera_on_the_pip_opencv_says_how_to_get_one(tmp_path, capsys):
+    config = write(tmp_path, 'camera: {source: "videotestsrc ! videoconvert ! appsink"}\n')
+    assert main(["check", "--config", str(config), "--only", "camera"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  camera" in out and "has no GStreamer" in out and "flash.sh --system-opencv" in out
 
 
 def test_check_of_a_malformed_config_names_the_key(tmp_path, capsys):

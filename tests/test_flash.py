@@ -136,7 +136,9 @@ def rig(tmp_path_factory):
     sshd.stop()
 
 
-def flash(rig, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+def flash(
+    rig, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     sshd, device, _ = rig
     env = {
         **os.environ,
@@ -145,6 +147,7 @@ def flash(rig, *args: str, stdin: str | None = None) -> subprocess.CompletedProc
         "SSH_OPTS": "-o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
         "-o LogLevel=ERROR",
         "PYTHON": sys.executable,
+        **(env or {}),
     }
     return subprocess.run(
         [str(FLASH), "-p", str(sshd.port), "-i", str(sshd.key), *args, f"{getpass.getuser()}@127.0.0.1"],
@@ -292,3 +295,56 @@ def test_config_is_replaced_only_on_purpose_and_the_old_one_kept(rig):
     assert (device.root / "etc/smartbin/smartbin.yaml").read_text() == good.read_text()
     (backup,) = (device.root / "etc/smartbin").glob("smartbin.yaml.*.bak")
     assert backup.read_text() == old
+
+
+DEBIAN_PYTHON = "/usr/bin/python3"  # as on Raspberry Pi OS; python3 over ssh may be another one here
+
+
+def debian_python_has_opencv() -> bool:
+    if not Path(DEBIAN_PYTHON).exists():
+        return False
+    return subprocess.run([DEBIAN_PYTHON, "-c", "import cv2"], capture_output=True).returncode == 0
+
+
+def test_system_opencv_refuses_a_bin_without_opencv(rig):
+    _, device, folder = rig
+    before = device.snapshot()
+    bare = folder / "python-without-site"
+    bare.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')  # no site packages, so no cv2
+    bare.chmod(0o755)
+    result = flash(rig, "--yes", "--system-opencv", env={"SMARTBIN_PYTHON": str(bare)})
+    assert result.returncode == 2
+    assert "cannot import cv2" in result.stderr and "apt install python3-opencv" in result.stderr
+    assert device.snapshot() == before
+
+
+@pytest.mark.skipif(not debian_python_has_opencv(), reason="python3-opencv absent: scripts/test installs it")
+def test_system_opencv_installs_on_the_bins_opencv_and_numpy_and_reads_gstreamer(rig):
+    _, device, folder = rig
+    result = flash(
+        rig, "--yes", "--system-opencv", "--health-timeout", "1", env={"SMARTBIN_PYTHON": DEBIAN_PYTHON}
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the bin's OpenCV" in result.stdout and "GStreamer: YES" in result.stdout
+    release = device.root / "opt/smartbin/releases" / device.current()
+    assert (release / "SYSTEM_OPENCV").exists()
+    assert not [*release.glob("wheels/opencv*"), *release.glob("wheels/numpy-*")]
+    python = release / "venv/bin/python"
+    found = subprocess.run(
+        [python, "-c", "import cv2, numpy; print(cv2.__file__); print(numpy.__file__)"],
+        capture_output=True,
+        text=True,
+    )
+    assert found.returncode == 0, found.stderr
+    assert all(line.startswith("/usr/lib/python3/dist-packages/") for line in found.stdout.split())
+    # the installed smartbin reads a GStreamer pipeline, which the pip wheel cannot
+    config = folder / "gstreamer.yaml"
+    pipeline = "videotestsrc ! video/x-raw,width=640,height=480 ! videoconvert ! appsink"
+    config.write_text(f'camera: {{source: "{pipeline}"}}\n')
+    check = subprocess.run(
+        [release / "venv/bin/smartbin", "check", "--config", config, "--only", "camera"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0 and "ok    camera" in check.stdout, check.stdout + check.stderr
