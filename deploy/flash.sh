@@ -144,7 +144,9 @@ remote() {
 }
 
 say "asking $target what it is"
-probe=$(remote probe) || die "cannot reach $target over SSH, or it has no bash" \
+probe_args=(probe)
+[ "$system_opencv" = 0 ] || probe_args+=(opencv)
+probe=$(remote "${probe_args[@]}") || die "cannot reach $target over SSH, or it has no bash" \
     "check the address, the network and your key: ssh ${ssh_args[*]} $target true"
 value() { sed -n "s/^$1=//p" <<<"$probe"; }
 remote_uid=$(value uid)

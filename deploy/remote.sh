@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The bin's half of deploy/flash.sh, fed to bash over SSH (as root, except `probe`).
 # Not meant to be run by hand: deploy/flash.sh --help explains the steps.
-#   remote.sh probe | has RELEASE | install RELEASE INCOMING DEVICE_ID keep|replace KEEP HEALTH_S
+#   remote.sh probe [opencv] | has RELEASE | install RELEASE INCOMING DEVICE_ID keep|replace KEEP HEALTH_S
 #   remote.sh rollback HEALTH_S
 set -Eeuo pipefail
 trap 'echo "flash.sh on the bin: step failed: $BASH_COMMAND" >&2; exit 2' ERR
@@ -79,11 +79,12 @@ probe() {
         echo "python=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
     fi
     echo "glibc=$(getconf GNU_LIBC_VERSION | awk '{ print $2 }')"
-    # the bin's own OpenCV, for --system-opencv (none printed when Python cannot import it)
-    "$python" -c 'import cv2, numpy, re
-gst = re.search(r"GStreamer:\s*(\w+)", cv2.getBuildInformation())
-print("opencv=%s\nnumpy=%s\ngstreamer=%s" % (cv2.__version__, numpy.__version__, gst.group(1) if gst else "NO"))' \
-        2>/dev/null || true
+    if [ "${1:-}" = opencv ]; then  # --system-opencv: the bin's own (nothing printed if Python has none)
+        "$python" -c 'import cv2, numpy
+gst = cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER)
+print("opencv=%s\nnumpy=%s\ngstreamer=%s" % (cv2.__version__, numpy.__version__, "YES" if gst else "NO"))' \
+            2>/dev/null || true
+    fi
     echo "current=$(current_release)"
 }
 
@@ -245,7 +246,7 @@ rollback() {
 action="${1:?remote.sh: no action}"
 shift
 case "$action" in
-    probe) probe ;;
+    probe) probe "${1:-}" ;;
     has) if [ -e "$releases/$1/.complete" ]; then echo yes; else echo no; fi ;;
     install) deploy_release "$@" ;;
     rollback) rollback "$@" ;;

@@ -21,7 +21,6 @@ frames are not classified.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
 from pathlib import Path
@@ -89,7 +88,7 @@ class Pacer:
 
 
 def opencv_has_gstreamer() -> bool:
-    return bool(re.search(r"GStreamer:\s*YES", cv2.getBuildInformation()))
+    return cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER)
 
 
 def source_fix(source: Union[int, str]) -> str:
