@@ -321,6 +321,8 @@ class Daemon:
             latency_ms=round((confirmed_at - item.triggered_at) * 1000, 1),
             model_id=self.classifier.bundle.model_id,
             stages={k: round(v, 1) for k, v in stages.items()},
+            most_probable_bin=d.most_probable_bin or d.bin,
+            cost_rule=d.cost_rule,
         )
         try:
             count = self.ledger.record(sorted_item)
@@ -333,11 +335,12 @@ class Daemon:
         self.last_item = {"item": d.item, "bin": d.bin, "time": round(sorted_item.time)}
         self.telemetry.notify()
         log.info(
-            "sorted %s → %s (%.0f%%%s), %d in %s, %.0f ms from trigger to move",
+            "sorted %s → %s (%.0f%%%s%s), %d in %s, %.0f ms from trigger to move",
             d.item,
             d.bin,
             d.confidence * 100,
             ", uncertain" if d.uncertain else "",
+            f", costs chose it over {d.most_probable_bin}" if d.cost_rule else "",
             count,
             d.bin,
             sorted_item.latency_ms,

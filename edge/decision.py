@@ -1,9 +1,20 @@
-"""Decision: item probabilities -> a bin, with a threshold and a fallback.
+"""Decision: item probabilities -> a bin, with misrouting costs, a threshold and a fallback.
 
 A bin's probability is the sum of the probabilities of the items that map to
 it. Labels the taxonomy ignores (``empty``) mean "no item": when one wins, the
 decision is to do nothing; otherwise their mass is left out and the bin
 probabilities are renormalised.
+
+The bin chosen is the one with the least expected cost under the taxonomy's
+``costs`` (true bin -> chosen bin). Without costs every mistake costs 1, and
+that is the most probable bin. With them, a battery that is 40% likely goes to
+hazardous: a battery among recyclables is far worse than a can among
+hazardous waste.
+
+Below ``threshold`` (on the most probable bin's probability) the item is
+uncertain and goes to the fallback bin, unless the costs chose another bin
+than the most probable one: then the costs have already said where an
+uncertain item is safest.
 """
 
 from __future__ import annotations
@@ -27,6 +38,8 @@ class Decision:
     bin_probs: dict[str, float] = field(default_factory=dict)
     top_items: list[tuple[str, float]] = field(default_factory=list)
     frames: int = 1
+    most_probable_bin: str | None = None
+    cost_rule: bool = False  # the costs chose another bin than the most probable one
 
     @property
     def empty(self) -> bool:
@@ -43,6 +56,21 @@ def bin_probabilities(item_probs: np.ndarray, labels: Sequence[str], taxonomy: T
     return {b: (p / total if total > 0 else 0.0) for b, p in sums.items()}
 
 
+def expected_costs(bin_probs: dict[str, float], taxonomy: Taxonomy) -> dict[str, float]:
+    """For each bin, what choosing it costs on average over the bin probabilities."""
+    return {
+        chosen: sum(p * taxonomy.cost(true, chosen) for true, p in bin_probs.items()) for chosen in bin_probs
+    }
+
+
+def choose_bin(bin_probs: dict[str, float], taxonomy: Taxonomy) -> str:
+    """The bin with the least expected cost (the most probable bin when the taxonomy has no costs)."""
+    if taxonomy.costs is None:
+        return max(bin_probs, key=bin_probs.__getitem__)
+    costs = expected_costs(bin_probs, taxonomy)
+    return min(costs, key=costs.__getitem__)
+
+
 def decide(
     frame_probs: Sequence[np.ndarray] | np.ndarray,
     labels: Sequence[str],
@@ -53,8 +81,9 @@ def decide(
 ) -> Decision:
     """Average the frames of one item (the multi-frame vote), then choose its bin.
 
-    Below ``threshold`` the item goes to ``fallback_bin`` (default: the
-    taxonomy's default bin) and is marked uncertain.
+    Below ``threshold`` the item is marked uncertain and goes to
+    ``fallback_bin`` (default: the taxonomy's default bin), unless the costs
+    moved it off the most probable bin (see the module's docstring).
     """
     probs = np.atleast_2d(np.asarray(frame_probs, dtype=np.float32))
     mean = probs.mean(axis=0)
@@ -64,8 +93,11 @@ def decide(
     if taxonomy.bin_of(item) is None:
         return Decision(item, None, item_conf, item_conf, False, {}, top, len(probs))
     bins = bin_probabilities(mean, labels, taxonomy)
-    best = max(bins, key=bins.__getitem__)
-    confidence = bins[best]
-    uncertain = confidence < threshold
-    chosen = (fallback_bin or taxonomy.default_bin) if uncertain else best
-    return Decision(item, chosen, confidence, item_conf, uncertain, bins, top, len(probs))
+    likeliest = max(bins, key=bins.__getitem__)
+    best = choose_bin(bins, taxonomy)
+    cost_rule = best != likeliest
+    uncertain = bins[likeliest] < threshold
+    chosen = (fallback_bin or taxonomy.default_bin) if uncertain and not cost_rule else best
+    return Decision(
+        item, chosen, bins[best], item_conf, uncertain, bins, top, len(probs), likeliest, cost_rule
+    )

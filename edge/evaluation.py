@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -101,14 +102,11 @@ def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str | Path, title
 
 
 def predicted_bins(probs: np.ndarray, labels: Sequence[str], taxonomy: Any) -> list[str]:
-    """The most probable bin for each row of item probabilities (no threshold)."""
-    from edge.decision import bin_probabilities
+    """The bin the taxonomy's decision chooses for each row of item probabilities (no threshold):
+    the least expected cost, which is the most probable bin when the taxonomy has no costs."""
+    from edge.decision import bin_probabilities, choose_bin
 
-    result = []
-    for row in np.atleast_2d(probs):
-        bins = bin_probabilities(row, labels, taxonomy)
-        result.append(max(bins, key=bins.__getitem__))
-    return result
+    return [choose_bin(bin_probabilities(row, labels, taxonomy), taxonomy) for row in np.atleast_2d(probs)]
 
 
 def score_predictions(
@@ -127,9 +125,29 @@ def score_predictions(
     bins = taxonomy.bin_ids
     true_bins = [t if t in bins and t not in labels else taxonomy.bin_of(t) for t in truth]
     keep = [i for i, b in enumerate(true_bins) if b is not None]
-    pred_bins = predicted_bins(probs[keep], labels, taxonomy) if keep else []
-    cm = confusion_matrix(
-        [bins.index(true_bins[i]) for i in keep], [bins.index(b) for b in pred_bins], len(bins)
-    )
-    result["bin"] = scores(cm, bins)
+    true_idx = [bins.index(true_bins[i]) for i in keep]
+
+    def bin_scores(tax: Any) -> dict[str, Any]:
+        pred = predicted_bins(probs[keep], labels, tax) if keep else []
+        return scores(confusion_matrix(true_idx, [bins.index(b) for b in pred], len(bins)), bins)
+
+    result["bin"] = bin_scores(taxonomy)
+    if taxonomy.costs is not None:
+        # what the costs changed: the same photos by the most probable bin alone
+        result["bin_most_probable"] = bin_scores(dataclasses.replace(taxonomy, costs=None))
     return result
+
+
+def misrouted(bin_result: dict[str, Any], true_bin: str) -> dict[str, Any]:
+    """Where the items of ``true_bin`` went: its recall and the count sent to each other bin."""
+    names = bin_result["labels"]
+    if true_bin not in names:
+        return {}
+    row = bin_result["confusion"][names.index(true_bin)]
+    n = sum(row)
+    return {
+        "bin": true_bin,
+        "n": n,
+        "recall": row[names.index(true_bin)] / n if n else 0.0,
+        "sent_to": {b: c for b, c in zip(names, row) if b != true_bin},
+    }

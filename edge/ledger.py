@@ -60,8 +60,14 @@ def _schema_2(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE events ADD COLUMN stages TEXT NOT NULL DEFAULT '{}'")
 
 
+def _schema_3(db: sqlite3.Connection) -> None:
+    """Each event says which bin was most probable and whether the taxonomy's costs chose another."""
+    db.execute("ALTER TABLE events ADD COLUMN most_probable_bin TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE events ADD COLUMN cost_rule INTEGER NOT NULL DEFAULT 0")
+
+
 # MIGRATIONS[n] takes a database at version n to n + 1. Append; never edit a released step.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_1, _schema_2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_1, _schema_2, _schema_3]
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,8 @@ class SortedItem:
     latency_ms: float
     model_id: str
     stages: dict[str, float] = field(default_factory=dict)
+    most_probable_bin: str = ""
+    cost_rule: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,7 +175,7 @@ class Ledger:
             count = self.db.execute("SELECT count FROM counts WHERE bin = ?", (item.bin,)).fetchone()[0]
             self.db.execute(
                 "INSERT INTO events (id, time, item, bin, confidence, uncertain, latency_ms, model_id, "
-                "stages) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "stages, most_probable_bin, cost_rule) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     item.id,
                     item.time,
@@ -178,6 +186,8 @@ class Ledger:
                     item.latency_ms,
                     item.model_id,
                     json.dumps(item.stages),
+                    item.most_probable_bin,
+                    int(item.cost_rule),
                 ),
             )
             payload = json.dumps(asdict(item), separators=(",", ":"))
@@ -252,11 +262,11 @@ class Ledger:
     def events(self, limit: int = 20) -> list[SortedItem]:
         with self._lock:
             rows = self.db.execute(
-                "SELECT id, time, item, bin, confidence, uncertain, latency_ms, model_id, stages "
-                "FROM events ORDER BY time DESC LIMIT ?",
+                "SELECT id, time, item, bin, confidence, uncertain, latency_ms, model_id, stages, "
+                "most_probable_bin, cost_rule FROM events ORDER BY time DESC LIMIT ?",
                 (limit,),
             ).fetchall()
-        return [SortedItem(*r[:5], bool(r[5]), r[6], r[7], json.loads(r[8])) for r in rows]
+        return [SortedItem(*r[:5], bool(r[5]), r[6], r[7], json.loads(r[8]), r[9], bool(r[10])) for r in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -50,6 +50,8 @@ def save_for_review(
         "bin": decision.bin,
         "confidence": round(decision.confidence, 4),
         "uncertain": decision.uncertain,
+        "most_probable_bin": decision.most_probable_bin,
+        "cost_rule": decision.cost_rule,
         "bins": {k: round(v, 4) for k, v in decision.bin_probs.items()},
         "probabilities": {label: round(float(p), 4) for label, p in zip(labels, probabilities)},
         "label": None,

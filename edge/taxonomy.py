@@ -6,6 +6,7 @@ model's item labels to bin ids. See ``config/taxonomy/cn-4bin.yaml``.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import yaml
 from edge.errors import SmartbinError
 
 BIN_ID = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+MAX_COST = 1e6
 
 
 @dataclass(frozen=True)
@@ -33,10 +35,17 @@ class Taxonomy:
     default_bin: str
     ignore: frozenset[str] = field(default_factory=frozenset)
     description: str = ""
+    costs: dict[str, dict[str, float]] | None = None
 
     @property
     def bin_ids(self) -> list[str]:
         return list(self.bins)
+
+    def cost(self, true_bin: str, chosen_bin: str) -> float:
+        """What putting an item of ``true_bin`` into ``chosen_bin`` costs: 0 when right, 1 without costs."""
+        if self.costs is not None:
+            return self.costs[true_bin][chosen_bin]
+        return 0.0 if true_bin == chosen_bin else 1.0
 
     def bin_of(self, item: str) -> str | None:
         """The bin for ``item``; ``None`` for an ignored label such as ``empty``."""
@@ -56,6 +65,7 @@ class Taxonomy:
             "bins": {b.id: {"name": b.name, "local_name": b.local_name} for b in self.bins.values()},
             "items": dict(self.items),
             "ignore": sorted(self.ignore),
+            **({"costs": self.costs} if self.costs is not None else {}),
         }
 
 
@@ -104,6 +114,7 @@ def parse_taxonomy(data: Any, source: str = "taxonomy") -> Taxonomy:
     both = sorted(set(items) & set(map(str, ignore)))
     if both:
         raise fail(f"labels {both} are both mapped and ignored", "keep each label in one place")
+    costs = parse_costs(data.get("costs"), list(bins), fail)
     return Taxonomy(
         name=str(data.get("name", "unnamed")),
         description=str(data.get("description", "")),
@@ -111,7 +122,60 @@ def parse_taxonomy(data: Any, source: str = "taxonomy") -> Taxonomy:
         items=items,
         default_bin=default_bin,
         ignore=frozenset(map(str, ignore)),
+        costs=costs,
     )
+
+
+def parse_costs(raw: Any, bins: list[str], fail) -> dict[str, dict[str, float]] | None:
+    """The misrouting costs: a full matrix, true bin -> chosen bin -> cost >= 0, zero on the diagonal."""
+    if raw is None:
+        return None
+    example = "costs: {hazardous: {recyclable: 20, kitchen: 20, other: 10, hazardous: 0}, ...}"
+    if not isinstance(raw, Mapping):
+        raise fail("'costs' is not a mapping", f"write one row per true bin, e.g. {example}")
+    unknown = sorted(str(b) for b in raw if b not in bins)
+    missing = [b for b in bins if b not in raw]
+    if unknown or missing:
+        problem = "costs " + "; ".join(
+            part
+            for part in (
+                f"name unknown bins {unknown}" if unknown else "",
+                f"have no row for bins {missing}" if missing else "",
+            )
+            if part
+        )
+        raise fail(problem, f"give one row for each bin of {bins} (the item's true bin), e.g. {example}")
+    costs: dict[str, dict[str, float]] = {}
+    for true_bin in bins:
+        row = raw[true_bin]
+        key = f"costs.{true_bin}"
+        if not isinstance(row, Mapping):
+            raise fail(f"{key} is not a mapping", f"list the cost of each chosen bin: {bins}")
+        unknown = sorted(str(b) for b in row if b not in bins)
+        missing = [b for b in bins if b not in row and b != true_bin]
+        if unknown:
+            raise fail(f"{key} names unknown bins {unknown}", f"use the bins {bins}")
+        if missing:
+            raise fail(
+                f"{key} has no cost for bins {missing}",
+                f"give the cost of putting a {true_bin} item into each of them (1 = an ordinary mistake)",
+            )
+        costs[true_bin] = {}
+        for chosen in bins:
+            value = row.get(chosen, 0.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise fail(f"{key}.{chosen} = {value!r} is not a number", "write a number, e.g. 1 or 20")
+            if chosen == true_bin and value != 0:
+                raise fail(
+                    f"{key}.{chosen} = {value!r}", "the right bin costs nothing: write 0 or leave it out"
+                )
+            if not 0 <= value <= MAX_COST:
+                raise fail(
+                    f"{key}.{chosen} = {value!r} is out of range",
+                    f"costs are 0 to {MAX_COST:g}; 1 is an ordinary mistake, more is a worse one",
+                )
+            costs[true_bin][chosen] = float(value)
+    return costs
 
 
 def load_taxonomy(path: str | Path) -> Taxonomy:

@@ -73,3 +73,73 @@ def test_empty_mass_is_left_out_of_bin_confidence():
 def test_top_items_are_sorted():
     d = decide(probs(paper=0.1, metal=0.2, peel=0.7), LABELS, TAX, top_k=2)
     assert [k for k, _ in d.top_items] == ["peel", "metal"]
+
+
+BINS = ["recyclable", "kitchen", "hazardous", "other"]
+
+
+def with_costs(costs) -> object:
+    return parse_taxonomy({**TAX.to_dict(), "costs": costs})
+
+
+def ones() -> dict:
+    return {t: {c: 0 if t == c else 1 for c in BINS} for t in BINS}
+
+
+def hazard_costly(cost: float = 20) -> dict:
+    costs = ones()
+    costs["hazardous"].update(recyclable=cost, kitchen=cost, other=cost / 2)
+    return costs
+
+
+VECTORS = [
+    probs(paper=0.35, metal=0.3, peel=0.35),
+    probs(battery=0.45, paper=0.3, peel=0.25),
+    probs(trash=0.26, peel=0.25, battery=0.24, metal=0.25),
+    probs(battery=0.9, paper=0.1),
+    probs(empty=0.3, paper=0.4, peel=0.3),
+]
+
+
+@pytest.mark.parametrize("p", VECTORS)
+def test_all_ones_costs_reproduce_the_most_probable_bin(p):
+    plain = decide(p, LABELS, TAX, threshold=0.0)
+    costed = decide(p, LABELS, with_costs(ones()), threshold=0.0)
+    assert costed.bin == plain.bin == plain.most_probable_bin
+    assert not costed.cost_rule and not plain.cost_rule
+
+
+def test_the_summed_bin_wins_over_the_top_items_bin():
+    # top item battery (0.4) but recyclable as a whole has 0.6: the bin of the top item is not the answer
+    d = decide(probs(battery=0.4, paper=0.3, metal=0.3), LABELS, TAX, threshold=0.0)
+    assert d.item == "battery" and d.bin == "recyclable"
+
+
+def test_a_costly_hazardous_miss_flips_a_40_percent_hazardous_item():
+    p = probs(battery=0.4, paper=0.6)
+    assert decide(p, LABELS, TAX, threshold=0.0).bin == "recyclable"
+    d = decide(p, LABELS, with_costs(hazard_costly()), threshold=0.0)
+    assert d.bin == "hazardous" and d.cost_rule and d.most_probable_bin == "recyclable"
+    assert d.confidence == pytest.approx(0.4)
+
+
+def test_costs_below_the_break_even_do_not_flip():
+    # choosing recyclable costs 0.4 * c, choosing hazardous costs 0.6 * 1: flips only when c > 1.5
+    p = probs(battery=0.4, paper=0.6)
+    assert decide(p, LABELS, with_costs(hazard_costly(1.4)), threshold=0.0).bin == "recyclable"
+    assert decide(p, LABELS, with_costs(hazard_costly(1.6)), threshold=0.0).bin == "hazardous"
+
+
+def test_an_uncertain_item_the_costs_moved_keeps_the_costs_bin():
+    d = decide(probs(battery=0.4, paper=0.6), LABELS, with_costs(hazard_costly()), threshold=0.85)
+    assert d.uncertain and d.bin == "hazardous"
+    # an uncertain item the costs did not move still goes to the fallback bin
+    d = decide(probs(peel=0.6, paper=0.4), LABELS, with_costs(hazard_costly()), threshold=0.85)
+    assert d.uncertain and not d.cost_rule and d.bin == "other"
+
+
+def test_threshold_boundary_is_not_uncertain():
+    d = decide(probs(paper=0.75, peel=0.25), LABELS, TAX, threshold=0.75)
+    assert not d.uncertain and d.bin == "recyclable"
+    d = decide(probs(paper=0.75, peel=0.25), LABELS, TAX, threshold=0.7501)
+    assert d.uncertain and d.bin == "other"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sqlite3
@@ -131,7 +132,7 @@ def test_a_migration_keeps_the_counts(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ledger_module, "MIGRATIONS", [*ledger_module.MIGRATIONS, rebuild_counts])
     migrated = Ledger(tmp_path / "l.db")
-    assert migrated.db.execute("PRAGMA user_version").fetchone()[0] == len(ledger_module.MIGRATIONS) == 3
+    assert migrated.db.execute("PRAGMA user_version").fetchone()[0] == len(ledger_module.MIGRATIONS) == 4
     assert migrated.counts() == {"hazardous": 3}
 
 
@@ -146,6 +147,16 @@ def test_a_version_1_ledger_gains_stage_times_and_keeps_its_events(tmp_path, mon
     assert (event.id, event.item, event.stages) == ("e1", "battery", {})
     new.record(item("kitchen"))
     assert new.events()[0].stages == {"capture_ms": 1.0, "move_ms": 2.0}
+    assert (event.most_probable_bin, event.cost_rule) == ("", False)
+
+
+def test_the_cost_rule_travels_with_the_event(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.record(dataclasses.replace(item("hazardous"), most_probable_bin="recyclable", cost_rule=True))
+    (event,) = ledger.events()
+    assert (event.bin, event.most_probable_bin, event.cost_rule) == ("hazardous", "recyclable", True)
+    payload = json.loads(next(p.payload for p in ledger.pending(10) if p.kind == "event"))
+    assert payload["most_probable_bin"] == "recyclable" and payload["cost_rule"] is True
 
 
 def test_a_newer_schema_is_refused_untouched(tmp_path):
