@@ -35,12 +35,8 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def labelled_images(root: str | Path) -> list[tuple[Path, str]]:
-    """``(path, label)`` for every image under ``root/<label>/``.
-
-    Raises when ``root`` has no label folders or a label folder has no images,
-    because a silently missing class ruins a training run or an evaluation.
-    """
+def label_folders(root: str | Path) -> list[Path]:
+    """The label sub-folders of ``root`` (hidden ones left out); raises when there are none."""
     root = Path(root)
     if not root.is_dir():
         raise SmartbinError(
@@ -53,10 +49,20 @@ def labelled_images(root: str | Path) -> list[tuple[Path, str]]:
             f"data folder {root} has no label sub-folders",
             "put the photos of each label in their own sub-folder, e.g. data/battery/*.jpg",
         )
+    return folders
+
+
+def labelled_images(root: str | Path, allow_empty: bool = False) -> list[tuple[Path, str]]:
+    """``(path, label)`` for every image under ``root/<label>/``.
+
+    Raises when ``root`` has no label folders or (unless ``allow_empty``: the
+    trainer names and skips small folders itself) a label folder has no images,
+    because a silently missing class ruins a training run or an evaluation.
+    """
     pairs: list[tuple[Path, str]] = []
-    for folder in folders:
+    for folder in label_folders(root):
         images = list_images(folder)
-        if not images:
+        if not images and not allow_empty:
             raise SmartbinError(
                 f"label folder {folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
                 "add photos to it or remove the folder",

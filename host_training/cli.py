@@ -14,8 +14,9 @@ from host_training.settings import TrainSettings, load_settings
 
 EPILOG = """\
 examples:
-  # the shipped default model, on a CPU (about 11 minutes on 2 cores)
-  smartbin-train --data ../shared/datasets/garbage12 --out runs/garbage12 --model-id garbage12-mnv2
+  # the shipped default model (34 labels from three folders), on a CPU
+  smartbin-train --data ../shared/datasets/garbage12 --data ../shared/datasets/garbage26cn \
+      --data ../shared/datasets/trashnet-trash --out runs/household34 --model-id household34-mnv2
 
   # your own photos added to a public set, on a GPU workstation with augmentation
   smartbin-train --preset workstation --data ../shared/datasets/garbage12 --data my-bin-photos

@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from edge.errors import SmartbinError
-from edge.images import labelled_images
+from edge.images import label_folders, labelled_images
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class Split:
     fractions: tuple[float, float, float]
     phash_distance: int
     skipped: list[str] = field(default_factory=list)
+    skipped_labels: list[str] = field(default_factory=list)
 
     @property
     def labels(self) -> list[str]:
@@ -58,6 +59,9 @@ class Split:
 
     def file(self, photo: Photo) -> Path:
         return Path(self.sources[photo.source]) / photo.path
+
+    def source_name(self, photo: Photo) -> str:
+        return Path(self.sources[photo.source]).name
 
     def counts(self) -> dict[str, dict[str, int]]:
         table: dict[str, Counter] = {s: Counter() for s in SPLITS}
@@ -82,6 +86,7 @@ class Split:
             "fingerprint": self.fingerprint(),
             "counts": self.counts(),
             "skipped": self.skipped,
+            "skipped_labels": self.skipped_labels,
             "photos": [
                 {
                     "source": p.source,
@@ -117,12 +122,17 @@ class Split:
             fractions=tuple(data["fractions"]),
             phash_distance=data["phash_distance"],
             skipped=data.get("skipped", []),
+            skipped_labels=data.get("skipped_labels", []),
         )
 
 
 def scan_photos(sources: Sequence[Path]) -> tuple[list[Photo], list[str]]:
     """Hash every photo under the label folders; unreadable files are skipped and named."""
-    pairs = [(i, path, label) for i, root in enumerate(sources) for path, label in labelled_images(root)]
+    pairs = [
+        (i, path, label)
+        for i, root in enumerate(sources)
+        for path, label in labelled_images(root, allow_empty=True)
+    ]
     photos, skipped = [], []
     for i, path, label in tqdm(pairs, desc="hashing photos", unit="photo", dynamic_ncols=True):
         try:
@@ -168,7 +178,7 @@ def group_near_duplicates(hashes: Sequence[int], max_distance: int) -> list[int]
 
 
 def assign_splits(
-    labels: Sequence[str],
+    strata: Sequence[str],
     groups: Sequence[int],
     keys: Sequence[str],
     fractions: tuple[float, float, float],
@@ -176,10 +186,11 @@ def assign_splits(
 ) -> list[str]:
     """Deterministic, stratified assignment of whole groups to train/val/test.
 
-    A group belongs to the label most of its photos have. Within each label,
-    groups are taken in a seeded hash order and each goes to the split that is
-    furthest below its target share of that label.
+    A group belongs to the stratum (a label, or a folder's label) most of its
+    photos have. Within each stratum, groups are taken in a seeded hash order
+    and each goes to the split that is furthest below its target share.
     """
+    labels = strata
     members: dict[int, list[int]] = defaultdict(list)
     for i, g in enumerate(groups):
         members[g].append(i)
@@ -213,6 +224,7 @@ def make_split(
     seed: int = 0,
     phash_distance: int = 4,
     limit_per_class: int | None = None,
+    min_label_photos: int = 1,
 ) -> Split:
     if abs(sum(fractions) - 1) > 1e-6 or min(fractions) <= 0:
         raise SmartbinError(f"split fractions {fractions} do not add up to 1", "e.g. 0.7 0.15 0.15")
@@ -220,13 +232,25 @@ def make_split(
     photos, skipped = scan_photos(sources)
     if limit_per_class:
         photos = limit_labels(photos, limit_per_class)
+    photos, skipped_labels = drop_small_folders(photos, sources, min_label_photos)
     if not photos:
         raise SmartbinError("no readable photos in the data folders", "check --data")
     groups = group_near_duplicates([p.phash for p in photos], phash_distance)
     keys = [f"{p.source}/{p.path}" for p in photos]
-    assignment = assign_splits([p.label for p in photos], groups, keys, fractions, seed)
+    # Per folder and label, so that each folder keeps its share in every split (a label two
+    # folders share, like battery, is split in each folder on its own).
+    strata = [f"{p.source}/{p.label}" for p in photos]
+    assignment = assign_splits(strata, groups, keys, fractions, seed)
     split = Split(
-        [str(s) for s in sources], photos, assignment, groups, seed, fractions, phash_distance, skipped
+        [str(s) for s in sources],
+        photos,
+        assignment,
+        groups,
+        seed,
+        fractions,
+        phash_distance,
+        skipped,
+        skipped_labels,
     )
     n_groups = len(set(groups))
     log.info(
@@ -239,13 +263,37 @@ def make_split(
     return split
 
 
+def drop_small_folders(
+    photos: list[Photo], sources: Sequence[Path], minimum: int
+) -> tuple[list[Photo], list[str]]:
+    """Leave out label folders with fewer than ``minimum`` readable photos, naming each.
+
+    A label seen a handful of times cannot be learned or tested; training on it
+    would only add a class the model guesses at.
+    """
+    per_folder = Counter({(i, f.name): 0 for i, root in enumerate(sources) for f in label_folders(root)})
+    per_folder.update((p.source, p.label) for p in photos)
+    small = {key for key, n in per_folder.items() if n < minimum}
+    named = []
+    for source, label in sorted(small):
+        folder = Path(sources[source]) / label
+        log.warning(
+            "skipping label folder %s: %d photos, fewer than %d (add photos to train it)",
+            folder,
+            per_folder[(source, label)],
+            minimum,
+        )
+        named.append(f"{folder} ({per_folder[(source, label)]} photos)")
+    return [p for p in photos if (p.source, p.label) not in small], named
+
+
 def limit_labels(photos: list[Photo], limit: int) -> list[Photo]:
-    """At most ``limit`` photos per label, a deterministic sample (by content hash)."""
+    """At most ``limit`` photos per label of each folder, a deterministic sample (by content hash)."""
     kept: list[Photo] = []
     taken: Counter = Counter()
     for photo in sorted(photos, key=lambda p: p.sha256):
-        if taken[photo.label] < limit:
-            taken[photo.label] += 1
+        if taken[(photo.source, photo.label)] < limit:
+            taken[(photo.source, photo.label)] += 1
             kept.append(photo)
     return sorted(kept, key=lambda p: (p.source, p.path))
 

@@ -45,25 +45,34 @@ def cache_key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def view_offsets(views: Sequence[int]) -> np.ndarray:
+    """Row of each photo's first view in the flat cache; ``offsets[i + 1]`` ends photo ``i``."""
+    return np.concatenate([[0], np.cumsum(np.asarray(views, dtype=np.int64))])
+
+
 def cached_activations(
     front,
     files: Sequence[Path],
     spec: InputSpec,
     folder: Path,
-    views: int = 2,
+    views: Sequence[int],
     batch_size: int = 64,
     augment=None,
 ) -> np.ndarray:
-    """``(n, views, *front_output)`` float32 activations, memory-mapped from ``folder``.
+    """``(sum(views), *front_output)`` float32 activations, memory-mapped from ``folder``.
 
-    View 0 is the photo, view 1 its mirror image, and views 2.. are copies
-    through ``augment`` (the same Keras pipeline the full mode trains with).
-    An interrupted run resumes at the first batch not yet written.
+    Photo ``i`` owns rows ``view_offsets(views)[i]`` onwards, ``views[i]`` of
+    them: its view 0 is the photo, view 1 its mirror image, and views 2.. are
+    copies through ``augment`` (the same Keras pipeline the full mode trains
+    with). Photos of small labels get more views than the rest. An interrupted
+    run resumes at the first batch not yet written.
     """
     import tensorflow as tf
 
     folder.mkdir(parents=True, exist_ok=True)
-    shape = (len(files), views, *front.output.shape[1:])
+    views = np.asarray(views, dtype=np.int64)
+    offsets = view_offsets(views)
+    shape = (int(offsets[-1]), *front.output.shape[1:])
     data_path, progress_path = folder / "activations.f32", folder / "progress.json"
     done = json.loads(progress_path.read_text())["rows"] if progress_path.exists() else 0
     mode = "r+" if data_path.exists() else "w+"
@@ -71,18 +80,30 @@ def cached_activations(
     if done >= len(files):
         return acts
     run_front = tf.function(lambda x: front(x, training=False), reduce_retracing=True)
-    remaining = files[done:]
     bar = tqdm(
         total=len(files), initial=done, desc="caching frozen features", unit="photo", dynamic_ncols=True
     )
     row = done
-    for batch in prepared_batches(remaining, spec, batch_size):
-        pixels = tf.constant(batch, dtype=tf.float32)
-        copies = [pixels, pixels[:, :, ::-1]][:views]
-        copies += [augment(pixels, training=True) for _ in range(views - len(copies))]
-        out = run_front(tf.concat(copies, axis=0)).numpy()
+    for batch in prepared_batches(files[done:], spec, batch_size):
         n = len(batch)
-        acts[row : row + n] = out.reshape(views, n, *shape[2:]).swapaxes(0, 1)
+        want = views[row : row + n]
+        pixels = tf.constant(batch, dtype=tf.float32)
+        copies, owners = [], []
+        for k in range(int(want.max())):
+            if k == 0:
+                copy = pixels
+            elif k == 1:
+                copy = pixels[:, :, ::-1]
+            else:
+                copy = augment(pixels, training=True)
+            take = np.nonzero(want > k)[0]
+            copies.append(tf.gather(copy, take))
+            owners += [offsets[row + j] + k for j in take]
+        images = tf.concat(copies, axis=0)
+        out = np.concatenate(
+            [run_front(images[i : i + 2 * batch_size]).numpy() for i in range(0, len(owners), 2 * batch_size)]
+        )
+        acts[np.array(owners)] = out
         row += n
         acts.flush()
         progress_path.write_text(json.dumps({"rows": row}))

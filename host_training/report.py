@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.evaluation import plot_confusion
+from edge.evaluation import misrouted, plot_confusion
 from host_training.data import SPLITS, Split
 from host_training.settings import TrainSettings
 
@@ -30,7 +30,58 @@ def bundle_metrics(result: dict[str, Any]) -> dict[str, Any]:
             out[f"{kind}_{level}_accuracy"] = round(r["accuracy"], 5)
             out[f"{kind}_{level}_balanced_accuracy"] = round(r["balanced_accuracy"], 5)
     out["int8_float_agreement"] = round(result["parity"]["agreement"], 5)
+    hazard = misrouted(result["int8"]["bin"], CRITICAL_BIN)
+    if hazard:
+        out["int8_hazardous_recall"] = round(hazard["recall"], 5)
     return out
+
+
+CRITICAL_BIN = "hazardous"  # the bin whose misses the report counts one by one
+
+
+def folder_lines(res: dict[str, Any], bins: list[str]) -> list[str]:
+    """Per data folder: item and bin scores, hazardous recall and misroutes, the four-bin confusion."""
+    lines = [
+        "## Per data folder (int8, test split)",
+        "",
+        "Each folder's own test photos, so that a big folder's accuracy cannot hide a small one's.",
+        "",
+        "| folder | test photos | item accuracy | item balanced | four-bin accuracy | four-bin balanced "
+        "| hazardous recall | hazardous → recyclable or kitchen |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for folder, r in res["folders"].items():
+        q = r["int8"]
+        item = q.get("item", {})
+        hazard = misrouted(q["bin"], CRITICAL_BIN)
+        if hazard.get("n"):
+            wrong = sum(hazard["sent_to"].get(b, 0) for b in ("recyclable", "kitchen"))
+            recall = f"{pct(hazard['recall'])} of {hazard['n']}"
+            sent = f"{wrong} ({pct(wrong / hazard['n'])})"
+        else:
+            recall = sent = "-"
+        lines.append(
+            f"| {folder} | {r['n']} | {pct(item.get('accuracy', 0))} "
+            f"| {pct(item.get('balanced_accuracy', 0))} | {pct(q['bin']['accuracy'])} "
+            f"| {pct(q['bin']['balanced_accuracy'])} | {recall} | {sent} |"
+        )
+    for folder, r in res["folders"].items():
+        q = r["int8"]["bin"]
+        lines += [
+            "",
+            f"Four-bin confusion, {folder} (rows: true bin, columns: chosen bin):",
+            "",
+            "| true \\ chosen | " + " | ".join(bins) + " | recall |",
+            "|---|" + "---:|" * (len(bins) + 1),
+        ]
+        for name, row in zip(q["labels"], q["confusion"]):
+            if sum(row):
+                lines.append(
+                    f"| {name} | "
+                    + " | ".join(str(v) for v in row)
+                    + f" | {pct(q['per_class'][name]['recall'])} |"
+                )
+    return lines
 
 
 def read_history(out: Path) -> dict[str, list[dict[str, float]]]:
@@ -110,6 +161,38 @@ def known_limits(labels: list[str], taxonomy: dict[str, Any], counts: dict[str, 
     return lines
 
 
+# Where the public collections smartbin's default model learns from come from. A folder of your
+# own can say it in a PROVENANCE.md (its first paragraph goes into the model card).
+KNOWN_PROVENANCE = {
+    "garbage12": 'Kaggle "Garbage Classification" (12 classes), web photos, as mirrored in a public '
+    "GitHub repository at 255x255; licensed by its publisher under the ODbL.",
+    "garbage26cn": "A public Chinese garbage-classification collection (26 classes of the four-bin "
+    "standard, ~90 web photos each), as found in a public GitHub repository; no licence stated there, "
+    "used here to train and evaluate.",
+    "trashnet-trash": "Half of the `trash` class of TrashNet (Stanford, Gary Thung and Mindy Yang, "
+    "2016; MIT licence): single items on a plain board, shot from above with a phone.",
+}
+
+
+def provenance(folder: Path) -> str:
+    """The folder's own PROVENANCE.md (first paragraph), else what is known of a public collection."""
+    note = folder / "PROVENANCE.md"
+    if note.is_file():
+        return note.read_text(encoding="utf-8").strip().split("\n\n")[0].replace("\n", " ")
+    return KNOWN_PROVENANCE.get(folder.name, "not recorded (add a PROVENANCE.md to the folder)")
+
+
+def source_lines(meta: dict[str, Any], split: dict[str, Any]) -> list[str]:
+    folders = split.get("folders", {})
+    if not folders:
+        return []
+    known = meta["data"].get("provenance", {})
+    lines = ["| data folder | photos | labels | provenance |", "|---|---:|---:|---|"]
+    for name, f in folders.items():
+        lines.append(f"| {name} | {f['photos']} | {f['labels']} | {known.get(name, '-')} |")
+    return [*lines, ""]
+
+
 def markdown(rep: dict[str, Any]) -> str:
     meta, res, split = rep["meta"], rep["result"], rep["split"]
     labels = meta["labels"]
@@ -133,8 +216,18 @@ def markdown(rep: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} {label} | {pct(res['float'][level][key])} | {pct(res['int8'][level][key])} |"
             )
+    if "bin_most_probable" in res["int8"]:
+        for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy")):
+            lines.append(
+                f"| four-bin {label}, most probable bin (no costs) "
+                f"| {pct(res['float']['bin_most_probable'][key])} "
+                f"| {pct(res['int8']['bin_most_probable'][key])} |"
+            )
     p = res["parity"]
     lines += [
+        "",
+        "The four-bin rows are the bin's own decision: the least expected cost under the "
+        "taxonomy's misrouting costs (the most probable bin when it has none), with no threshold.",
         "",
         f"int8 vs float: top-1 agreement {pct(p['agreement'])}, item accuracy drop "
         f"{p['drop_points']:.2f} points. Interpreter: {res['runtime']}.",
@@ -164,6 +257,8 @@ def markdown(rep: dict[str, Any]) -> str:
         "![item confusion](confusion_items.png)",
         "![bin confusion](confusion_bins.png)",
         "",
+        *(folder_lines(res, list(meta["taxonomy"]["bins"])) if "folders" in res else []),
+        "",
         "## Known limits",
         "",
         *[f"- {line}" for line in known_limits(labels, meta["taxonomy"], split["counts"])],
@@ -173,8 +268,9 @@ def markdown(rep: dict[str, Any]) -> str:
         f"Sources: {', '.join(meta['data']['sources'])}. Fingerprint `{meta['data']['fingerprint'][:16]}…`. "
         f"{split['photos']} photos in {split['groups']} near-duplicate groups; "
         f"{split['skipped']} unreadable photos skipped. Split seed {split['seed']}, shares "
-        f"{'/'.join(str(f) for f in split['fractions'])} (train/val/test).",
+        f"{'/'.join(str(f) for f in split['fractions'])} (train/val/test), per data folder and label.",
         "",
+        *source_lines(meta, split),
         "| item | train | val | test |",
         "|---|---:|---:|---:|",
     ]
@@ -191,7 +287,11 @@ def markdown(rep: dict[str, Any]) -> str:
         f"Mode `{s['mode']}`: phase 1 trains the head ({s['head_epochs']} epochs max, lr {s['head_lr']}), "
         f"phase 2 fine-tunes the last {s['tail_blocks']} blocks ({s['finetune_epochs']} epochs max, "
         f"lr {s['finetune_lr']}) with BatchNorm frozen. Class weighting: {s['class_weighting']}. "
-        f"Cached views per photo: {s['views']} (photo, mirror, augmented copies). "
+        f"Label smoothing: {s.get('label_smoothing', 0)}. "
+        f"Cached views per photo: {s['views']} (photo, mirror, augmented copies); "
+        f"{s.get('small_label_views', s['views'])} for a label with fewer than "
+        f"{s.get('small_label_photos', 0)} training photos in its folder, each photo then shown "
+        f"{-(-s.get('small_label_views', s['views']) // s['views'])} times per epoch. "
         "Early stopping on validation loss.",
         "",
         "| stage | seconds |",
@@ -226,6 +326,14 @@ def write(
             "fractions": list(split.fractions),
             "phash_distance": split.phash_distance,
             "counts": split.counts(),
+            "folders": {
+                Path(source).name: {
+                    "photos": sum(p.source == i for p in split.photos),
+                    "labels": len({p.label for p in split.photos if p.source == i}),
+                }
+                for i, source in enumerate(split.sources)
+            },
+            "skipped_labels": split.skipped_labels,
         },
         "result": result,
         "history": history,
@@ -248,14 +356,17 @@ def write(
 def attach(out: Path, bundle_dir: Path, split: Split) -> None:
     """Ship the report beside the model: the card's claims point at files the run wrote.
 
-    ``test_split.json`` lists the test photos (source folder name, path, label)
-    so anyone with the same data can score the bundle on exactly those photos.
+    ``test_split.json`` and ``val_split.json`` list the photos of those splits
+    (source folder name, path, label) so anyone with the same data can score
+    the bundle on exactly them; decision settings such as the taxonomy's costs
+    are chosen on val, never on test.
     """
-    test = [
-        {"source": Path(split.sources[p.source]).name, "path": p.path, "label": p.label, "sha256": p.sha256}
-        for p in split.subset("test")
-    ]
-    (bundle_dir / "test_split.json").write_text(json.dumps(test, indent=0) + "\n")
+    for name in ("test", "val"):
+        photos = [
+            {"source": split.source_name(p), "path": p.path, "label": p.label, "sha256": p.sha256}
+            for p in split.subset(name)
+        ]
+        (bundle_dir / f"{name}_split.json").write_text(json.dumps(photos, indent=0) + "\n")
     shutil.copy(out / "report.md", bundle_dir / "MODEL_CARD.md")
     shutil.copy(out / "report.json", bundle_dir / "report.json")
     for name in PICTURES:

@@ -11,11 +11,16 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("SMARTBIN_DATA", REPO.parent / "shared" / "datasets"))
 GARBAGE12 = SHARED / "garbage12"
+GARBAGE26CN = SHARED / "garbage26cn"
+TRASHNET = SHARED / "trashnet-trash"
 WEIGHTS = (
     REPO.parent / "shared" / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 )
-SHIPPED = REPO / "models" / "garbage12-mnv2"
+SHIPPED = REPO / "models" / "household34-mnv2"
 TINY_CLASSES = ("battery", "biological", "clothes")
+# The tiny run's second folder: battery merges with garbage12's, paint-bucket is its own label.
+TINY_CN_CLASSES = ("battery", "paint-bucket")
+TINY_LABELS = sorted({*TINY_CLASSES, *TINY_CN_CLASSES, "trash"})
 
 needs_data = pytest.mark.skipif(
     not GARBAGE12.is_dir(), reason=f"real photos absent: {GARBAGE12} (set SMARTBIN_DATA)"
@@ -23,15 +28,15 @@ needs_data = pytest.mark.skipif(
 needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"ImageNet weights absent: {WEIGHTS}")
 
 
-def real_photos(label: str, n: int) -> list[Path]:
-    return sorted((GARBAGE12 / label).iterdir())[:n]
+def real_photos(label: str, n: int, source: Path = GARBAGE12) -> list[Path]:
+    return sorted((source / label).iterdir())[:n]
 
 
-def make_photo_folder(root: Path, per_class: int, classes=TINY_CLASSES) -> Path:
+def make_photo_folder(root: Path, per_class: int, classes=TINY_CLASSES, source: Path = GARBAGE12) -> Path:
     """A labelled folder of real photos (symlinks into ../shared, nothing copied into the repo)."""
     for label in classes:
         (root / label).mkdir(parents=True)
-        for photo in real_photos(label, per_class):
+        for photo in real_photos(label, per_class, source):
             (root / label / photo.name).symlink_to(photo)
     return root
 
@@ -40,18 +45,33 @@ def make_photo_folder(root: Path, per_class: int, classes=TINY_CLASSES) -> Path:
 def tiny_data(tmp_path_factory) -> Path:
     if not GARBAGE12.is_dir():
         pytest.skip(f"real photos absent: {GARBAGE12}")
-    return make_photo_folder(tmp_path_factory.mktemp("tiny") / "photos", per_class=14)
+    return make_photo_folder(tmp_path_factory.mktemp("tiny") / "garbage12", per_class=14)
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tiny_data, tmp_path_factory) -> Path:
-    """One real training run (tiny preset: 96 px, few photos, few steps), shared by the tests."""
+def tiny_sources(tiny_data, tmp_path_factory) -> list[Path]:
+    """The tiny run's three folders: garbage12, garbage26cn and trashnet-trash subsets."""
+    for folder in (GARBAGE26CN, TRASHNET):
+        if not folder.is_dir():
+            pytest.skip(f"real photos absent: {folder}")
+    root = tmp_path_factory.mktemp("tiny-more")
+    return [
+        tiny_data,
+        make_photo_folder(root / "garbage26cn", 12, TINY_CN_CLASSES, GARBAGE26CN),
+        make_photo_folder(root / "trashnet-trash", 12, ("trash",), TRASHNET),
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_sources, tmp_path_factory) -> Path:
+    """One real training run on three folders (tiny preset: 96 px, few photos, few steps)."""
     if not WEIGHTS.is_file():
         pytest.skip(f"ImageNet weights absent: {WEIGHTS}")
     from host_training.cli import main
 
     out = tmp_path_factory.mktemp("run")
-    code = main(["--preset", "tiny", "--data", str(tiny_data), "--out", str(out), "--weights", str(WEIGHTS)])
+    data = [arg for folder in tiny_sources for arg in ("--data", str(folder))]
+    code = main(["--preset", "tiny", *data, "--out", str(out), "--weights", str(WEIGHTS)])
     assert code == 0
     return out
 

@@ -9,21 +9,30 @@ import pytest
 from edge.bundle import load_bundle
 from edge.cli import main as smartbin
 from host_training.cli import main as train
-from host_training.data import Split, assign_splits, group_near_duplicates
-from tests.conftest import TINY_CLASSES, WEIGHTS, make_photo_folder, needs_data, needs_weights
+from host_training.data import Photo, Split, assign_splits, group_near_duplicates
+from tests.conftest import TINY_LABELS, WEIGHTS, make_photo_folder, needs_data, needs_weights
 
 pytestmark = [needs_data, needs_weights]
 
 
 def tiny(data, *rest: str) -> int:
-    """smartbin-train with the tiny preset and the shared weights; ``rest`` is ``"--out", OUT, ...``."""
-    return train(["--preset", "tiny", "--data", str(data), "--weights", str(WEIGHTS), *map(str, rest)])
+    """smartbin-train with the tiny preset and the shared weights; ``rest`` is ``"--out", OUT, ...``.
+
+    ``data``: one folder or a list of them.
+    """
+    folders = data if isinstance(data, list) else [data]
+    sources = [arg for folder in folders for arg in ("--data", str(folder))]
+    return train(["--preset", "tiny", *sources, "--weights", str(WEIGHTS), *map(str, rest)])
+
+
+def run_sources(run: Path) -> list[str]:
+    return json.loads((run / "split.json").read_text())["sources"]
 
 
 def test_run_writes_a_verified_bundle_and_the_report(tiny_run):
     bundle = load_bundle(tiny_run / "bundle")
     meta = bundle.meta
-    assert bundle.labels == sorted(TINY_CLASSES)
+    assert bundle.labels == TINY_LABELS  # battery from two folders is one label
     assert meta["input"]["width"] == 96 and meta["input"]["dtype"] == "uint8"
     assert set(meta["input"]["quantization"]) == {"scale", "zero_point"}
     assert meta["taxonomy"]["items"]["battery"] == "hazardous"
@@ -49,7 +58,7 @@ def test_run_writes_a_verified_bundle_and_the_report(tiny_run):
         "history_finetune.csv",
     ):
         assert (tiny_run / name).stat().st_size > 0, name
-    for name in ("MODEL_CARD.md", "report.json", "curves.png", "test_split.json"):
+    for name in ("MODEL_CARD.md", "report.json", "curves.png", "test_split.json", "val_split.json"):
         assert (tiny_run / "bundle" / name).is_file()
     assert (tiny_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -62,7 +71,61 @@ def test_report_numbers_are_the_bundle_numbers(tiny_run):
     )
     card = (tiny_run / "bundle" / "MODEL_CARD.md").read_text()
     assert f"{100 * report['result']['int8']['item']['accuracy']:.2f}%" in card
-    assert "hazardous` was learned from `battery` photos only" in card
+    assert "kitchen` was learned from `biological` photos only" in card
+
+
+def test_each_folder_is_split_and_reported_on_its_own(tiny_run):
+    """Merged labels stay one label, yet every folder keeps its share of the test split and its own scores."""
+    split = Split.load(tiny_run / "split.json")
+    test = split.subset("test")
+    assert {(split.source_name(p), p.label) for p in test} == {
+        ("garbage12", "battery"),
+        ("garbage12", "biological"),
+        ("garbage12", "clothes"),
+        ("garbage26cn", "battery"),
+        ("garbage26cn", "paint-bucket"),
+        ("trashnet-trash", "trash"),
+    }
+    result = json.loads((tiny_run / "report.json").read_text())["result"]
+    folders = result["folders"]
+    assert list(folders) == ["garbage12", "garbage26cn", "trashnet-trash"]
+    assert sum(f["n"] for f in folders.values()) == result["n"] == len(test)
+    for name, f in folders.items():
+        mine = [p for p in test if split.source_name(p) == name]
+        assert f["int8"]["item"]["n"] == f["int8"]["bin"]["n"] == len(mine)
+        bins = f["int8"]["bin"]
+        support = {b: c["support"] for b, c in bins["per_class"].items() if c["support"]}
+        expected = {}
+        for p in mine:
+            expected[meta_bin(tiny_run, p.label)] = expected.get(meta_bin(tiny_run, p.label), 0) + 1
+        assert support == expected
+    card = (tiny_run / "bundle" / "MODEL_CARD.md").read_text()
+    assert "## Per data folder" in card and "Four-bin confusion, trashnet-trash" in card
+    assert "| garbage26cn | 24 | 2 | A public Chinese garbage-classification collection" in card
+    assert "TrashNet (Stanford" in card and "ODbL" in card
+    hazard = folders["garbage26cn"]["int8"]["bin"]["confusion"][2]
+    assert f"{100 * hazard[2] / sum(hazard):.2f}% of {sum(hazard)}" in card
+
+
+def meta_bin(run: Path, label: str) -> str:
+    return json.loads((run / "bundle" / "model.json").read_text())["taxonomy"]["items"][label]
+
+
+def test_small_folders_get_more_views_and_more_showings(tiny_run):
+    """garbage26cn's ~50 photos a label are cached as augmented copies and shown that many times more."""
+    from host_training.settings import load_settings
+    from host_training.train import epoch_repeats, photo_views
+
+    photos = [Photo(0, f"a/{i}.jpg", "a", str(i), i) for i in range(10)]
+    photos += [Photo(1, f"a/{i}.jpg", "a", f"b{i}", i) for i in range(3)]
+    split = Split(["/x/big", "/x/small"], photos, ["train"] * 13, list(range(13)), 0, (0.7, 0.15, 0.15), 4)
+    settings = load_settings(None, {"small_label_photos": 5, "views": 2, "small_label_views": 6})
+    views = photo_views(split, settings)
+    assert views.tolist() == [2] * 10 + [6] * 3  # the same label, small only in the second folder
+    assert epoch_repeats(views, 2).tolist() == [1] * 10 + [3] * 3
+    # the tiny run cached every photo with small_label_views (4) copies: each folder's labels are small there
+    report = json.loads((tiny_run / "report.json").read_text())
+    assert report["timing"]["feature_cache_photos"] == 4 * report["split"]["photos"]
 
 
 def test_split_keeps_groups_together_and_is_written(tiny_run):
@@ -114,19 +177,23 @@ def test_a_stopped_run_resumes_from_its_checkpoints(tiny_run, tmp_path, caplog):
     shutil.copytree(tiny_run, out, symlinks=True, ignore=shutil.ignore_patterns("bundle"))
     (out / "checkpoints" / "finetune.weights.h5").unlink()
     caplog.set_level("INFO")
-    data = json.loads((out / "split.json").read_text())["sources"][0]
-    assert tiny(data, "--out", out) == 0
+    assert tiny(run_sources(tiny_run), "--out", out) == 0
     assert "reusing the split" in caplog.text
     assert "phase head already finished" in caplog.text
     assert "phase finetune already finished" not in caplog.text
-    assert load_bundle(out / "bundle").labels == sorted(TINY_CLASSES)
+    assert load_bundle(out / "bundle").labels == TINY_LABELS
+    # the report still counts what the skipped stages cost the first time
+    before = json.loads((tiny_run / "report.json").read_text())["timing"]
+    after = json.loads((out / "report.json").read_text())["timing"]
+    for stage in ("split_s", "feature_cache_s", "head_s"):
+        assert after[stage] == before[stage]
+    assert after["total_s"] >= before["total_s"] - before["finetune_s"]
 
 
 def test_resuming_with_other_training_settings_is_refused(tiny_run, tmp_path, capsys):
     out = tmp_path / "changed"
     shutil.copytree(tiny_run, out, symlinks=True)
-    data = json.loads((out / "split.json").read_text())["sources"][0]
-    err = tiny_error(capsys, data, "--out", out, "--tail-blocks", "2")
+    err = tiny_error(capsys, run_sources(tiny_run), "--out", out, "--tail-blocks", "2")
     assert "tail_blocks 1 -> 2" in err and "another --out" in err
 
 
@@ -146,7 +213,7 @@ def test_parity_failure_fails_loudly_and_writes_no_bundle(tiny_data, tmp_path, c
 
 
 def test_corrupt_photo_is_skipped_and_named(tmp_path, caplog):
-    data = make_photo_folder(tmp_path / "photos", per_class=8)
+    data = make_photo_folder(tmp_path / "photos", per_class=10)
     (data / "battery" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     caplog.set_level("WARNING")
     out = tmp_path / "run"
@@ -164,18 +231,27 @@ def tiny_error(capsys, data, *rest) -> str:
     return err
 
 
-def test_empty_class_folder_is_an_error(tmp_path, capsys):
-    data = make_photo_folder(tmp_path / "photos", per_class=3)
-    (data / "metal").mkdir()
-    err = tiny_error(capsys, data, "--out", tmp_path / "r")
-    assert "metal" in err and "has no images" in err
+def test_small_and_empty_label_folders_are_named_and_skipped(tmp_path, caplog):
+    data = make_photo_folder(tmp_path / "photos", per_class=10)
+    make_photo_folder(data, per_class=9, classes=("metal",))
+    (data / "paper").mkdir()
+    caplog.set_level("WARNING")
+    out = tmp_path / "run"
+    assert tiny(data, "--out", out, "--head-epochs", "1", "--finetune-epochs", "0") == 0
+    for label, n in (("metal", 9), ("paper", 0)):
+        assert f"skipping label folder {data / label}: {n} photos, fewer than 10" in caplog.text
+    split = Split.load(out / "split.json")
+    assert split.labels == ["battery", "biological", "clothes"]
+    assert split.skipped_labels == [f"{data / 'metal'} (9 photos)", f"{data / 'paper'} (0 photos)"]
 
 
-def test_label_unknown_to_the_taxonomy_is_an_error(tmp_path, capsys):
+def test_label_unknown_to_the_taxonomy_is_refused_before_any_work(tmp_path, capsys):
     data = make_photo_folder(tmp_path / "photos", per_class=3)
     (data / "battery").rename(data / "batteries")
     err = tiny_error(capsys, data, "--out", tmp_path / "r")
-    assert "['batteries']" in err and "not in taxonomy" in err
+    assert "['batteries']" in err and "not in taxonomy" in err and "cn-4bin.yaml" in err
+    assert "add each under 'items:'" in err and "batteries: other" in err
+    assert not (tmp_path / "r" / "split.json").exists()
 
 
 def test_missing_weights_is_an_error(tmp_path, capsys):
@@ -192,7 +268,7 @@ def test_wrong_shape_weights_is_an_error(tmp_path, capsys):
     )
     small.save_weights(str(tmp_path / "wrong.weights.h5"))
     wrong = (tmp_path / "wrong.weights.h5").rename(tmp_path / "wrong.h5")
-    data = make_photo_folder(tmp_path / "photos", per_class=6)
+    data = make_photo_folder(tmp_path / "photos", per_class=10)
     err = tiny_error(capsys, data, "--out", tmp_path / "r", "--weights", wrong)
     assert "does not fit MobileNetV2" in err
 
