@@ -49,11 +49,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         acts = cached_activations(
-            front, files, InputSpec(224, 224), Path(tmp), views=1, batch_size=args.batch_size
+            front, files, InputSpec(224, 224), Path(tmp), views=[1] * len(files), batch_size=args.batch_size
         )
         cache_s = time.perf_counter() - t0
         rows.append(["feature cache (frozen front, incl. decode)", len(files), cache_s])
-        x = np.asarray(acts[:, 0])
+        x = np.asarray(acts)
         tail.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
         tail.fit(x[: args.batch_size], labels[: args.batch_size], epochs=1, verbose=0)  # build and trace
         t0 = time.perf_counter()

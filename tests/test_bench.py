@@ -67,8 +67,13 @@ def test_footprint(tmp_path):
 @needs_data
 def test_accuracy(tmp_path):
     data = bench("accuracy", tmp_path)
-    assert data["photos"] == 24 and len(data["sweep"]) == 14
+    assert data["photos"] == 24 and len(data["sweep"]) == len(data["sweep_val"]) == 14
     assert (tmp_path / "threshold.png").stat().st_size > 0
+    assert (tmp_path / "costs.png").read_bytes()[:4] == b"\x89PNG"
+    sweep = data["cost_sweep"]
+    assert [r["factor"] for r in sweep["val"]] == [r["factor"] for r in sweep["test"]]
+    assert data["hazard_factor_chosen_on_val"] in [r["factor"] for r in sweep["val"]]
+    assert data["hazard_factor_shipped"] > 1  # the shipped taxonomy makes hazardous misses costlier
 
 
 @needs_data
