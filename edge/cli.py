@@ -45,7 +45,7 @@ examples:
                                                after installation: each part, pass or fail
   smartbin classify photo.jpg                  item, bin and confidence for one photo
   smartbin classify photos/ --json             every photo in a folder, as JSON lines
-  smartbin eval --data runs/garbage12/test_split --plots out/
+  smartbin eval --data runs/household34/test_split --plots out/
                                                accuracy on labelled photos
   smartbin servo cycle                         visit every bin (after installation)
   smartbin counts                              items sorted per bin, from the ledger
@@ -229,7 +229,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     bundle = classifier.bundle
     threshold = config.model.threshold if args.threshold is None else args.threshold
     if not 0 <= threshold <= 1:
-        raise SmartbinError(f"--threshold {threshold} is outside 0..1", "use e.g. --threshold 0.85")
+        raise SmartbinError(f"--threshold {threshold} is outside 0..1", "use e.g. --threshold 0.65")
     top_k = args.top_k or config.model.top_k
     skipped = 0
     if not args.json:
@@ -263,6 +263,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
                         "confidence": round(d.confidence, 4),
                         "item_confidence": round(d.item_confidence, 4),
                         "uncertain": d.uncertain,
+                        "cost_rule": d.cost_rule,
                         "bins": {k: round(v, 4) for k, v in d.bin_probs.items()},
                         "top": [[k, round(v, 4)] for k, v in d.top_items],
                     }
@@ -341,6 +342,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if key in result:
                 print(format_scores(result[key], f"{key} level"))
                 print()
+        if "bin_most_probable" in result:
+            plain = result["bin_most_probable"]
+            print(
+                f"bin level with the most probable bin instead of the taxonomy's costs: accuracy "
+                f"{plain['accuracy']:.2%}, balanced accuracy {plain['balanced_accuracy']:.2%}"
+            )
     return 1 if skipped else 0
 
 

@@ -19,10 +19,10 @@ import yaml
 from edge.errors import SmartbinError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_BUNDLE = REPO_ROOT / "models" / "garbage12-mnv2"
-# From bench/accuracy.py's sweep on the shipped model's test split (docs/benchmarks.md): the lowest
-# threshold at which the items it lets through reach 99% bin accuracy; 2.5% go to the fallback bin.
-DEFAULT_THRESHOLD = 0.85
+DEFAULT_BUNDLE = REPO_ROOT / "models" / "household34-mnv2"
+# From bench/accuracy.py's sweep on the shipped model's validation split (docs/benchmarks.md): the
+# lowest threshold at which the items it lets through reach 99% bin accuracy; 6.7% go to the fallback.
+DEFAULT_THRESHOLD = 0.65
 REFERENCE_HEADER = """\
 # smartbin device config: /etc/smartbin/smartbin.yaml on a bin.
 # Every key is optional; what is left out takes the default shown here.

@@ -91,9 +91,11 @@ def run_demo(args: Any) -> int:
         label = tray.current_label if tray else None
         sorted_items.append((item, name, label))
         mark = " uncertain" if item.uncertain else ""
+        if item.cost_rule:
+            mark += f" (costs; most probable: {item.most_probable_bin})"
         print(
-            f"{len(sorted_items):>3}  {(name or '')[:28]:<28} {item.item:<14} → {item.bin:<11}"
-            f"{item.confidence:6.0%}{mark:<10} {item.latency_ms:6.0f} ms",
+            f"{len(sorted_items):>3}  {(name or '')[:24]:<24} {item.item:<16} → {item.bin:<11}"
+            f"{item.confidence:5.0%} {item.latency_ms:5.0f} ms{mark}",
             flush=True,
         )
 
@@ -129,7 +131,8 @@ def summarise(daemon: Daemon, sorted_items: list, online: bool, state: Path) -> 
         right_item = sum(item.item == label for item, label in scored)
         print(
             f"against the photos' folder names: item right {right_item}/{len(scored)}, "
-            f"bin right {right_bin}/{len(scored)} (uncertain items go to the fallback bin)"
+            f"bin right {right_bin}/{len(scored)} (uncertain items go to the fallback bin, and items "
+            "that may be hazardous to hazardous)"
         )
     if waiting:
         print(f"{waiting} messages wait in the outbox for a broker" + ("" if online else " (none answered)"))

@@ -20,7 +20,7 @@ def test_help_teaches(capsys):
 
 def test_config_prints_a_loadable_reference(capsys):
     assert main(["config"]) == 0
-    assert yaml.safe_load(capsys.readouterr().out)["model"]["threshold"] == 0.85
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["threshold"] == 0.65
 
 
 @needs_data

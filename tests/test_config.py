@@ -8,7 +8,7 @@ from edge.errors import SmartbinError
 def test_defaults_without_a_file():
     cfg = load_config(None)
     assert cfg == Config()
-    assert cfg.model.threshold == 0.85
+    assert cfg.model.threshold == 0.65
 
 
 def test_reference_lists_every_key_and_parses_back():

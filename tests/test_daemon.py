@@ -88,13 +88,19 @@ def test_every_item_is_moved_counted_and_published_once(tmp_path, emulator, brok
     event = json.loads(sub.payloads("/event")[0])
     assert set(event["stages"]) == {"capture_ms", "classify_ms", "decide_ms", "wait_ms", "move_ms", "home_ms"}
     assert event["latency_ms"] >= event["stages"]["move_ms"]
+    # the decision's own account: the most probable bin, and whether the costs chose another
+    assert event["most_probable_bin"] in config.servo.bins
+    if event["cost_rule"]:
+        assert event["bin"] != event["most_probable_bin"]
+    elif not event["uncertain"]:
+        assert event["bin"] == event["most_probable_bin"]
     ledger = Ledger(config.ledger.path)
     counts = ledger.counts()
     assert {b: int(sub.latest(f"/count/{b}")) for b in counts} == counts and sum(counts.values()) == 3
     assert ledger.pending() == []
     assert sub.latest("/availability") == b"offline"
     state = json.loads(sub.payloads("/state")[-1])
-    assert state["total"] == 3 and state["model_id"] == "garbage12-mnv2" and state["faults"] == {}
+    assert state["total"] == 3 and state["model_id"] == "household34-mnv2" and state["faults"] == {}
     sub.close()
 
 
@@ -134,11 +140,13 @@ def test_uncertain_items_are_kept_for_review_in_a_bounded_folder(tmp_path, emula
     config.sorting.review_max = 2
     seen = []
     Daemon(config, opener=lambda cfg: emulator.tray, on_sorted=seen.append).run()
-    assert [i.bin for i in seen] == ["other"] * 3 and all(i.uncertain for i in seen)
+    assert len(seen) == 3 and all(i.uncertain for i in seen)
+    # uncertain items go to the fallback bin, unless the taxonomy's costs moved them (a maybe-battery)
+    assert all(i.bin == "other" or i.cost_rule for i in seen)
     frames = sorted((tmp_path / "review").glob("*.jpg"))
     assert len(frames) == 2
     sidecar = json.loads(frames[-1].with_suffix(".json").read_text())
-    assert sidecar["id"] == seen[-1].id and len(sidecar["probabilities"]) == 12
+    assert sidecar["id"] == seen[-1].id and len(sidecar["probabilities"]) == 34
     assert sidecar["uncertain"] and sidecar["label"] is None
 
 
@@ -183,7 +191,9 @@ def test_reload_applies_a_valid_config_and_refuses_an_invalid_one(tmp_path, emul
         assert daemon.config.model.threshold == 0.8
         config_file.write_text(base + "model: {bundle: /nowhere}\n")
         daemon.reload()
-        assert daemon.config.model.threshold == 0.8 and daemon.classifier.bundle.model_id == "garbage12-mnv2"
+        assert (
+            daemon.config.model.threshold == 0.8 and daemon.classifier.bundle.model_id == "household34-mnv2"
+        )
     finally:
         daemon.shutdown()
 

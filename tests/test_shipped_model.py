@@ -12,8 +12,10 @@ from tests.conftest import GARBAGE12, SHIPPED, needs_data
 
 def test_shipped_bundle_verifies():
     bundle = load_bundle(SHIPPED)
-    assert len(bundle.labels) == 12
+    assert len(bundle.labels) == 34
     assert bundle.meta["metrics"]["split"] == "test"
+    assert bundle.meta["data"]["sources"] == ["garbage12", "garbage26cn", "trashnet-trash"]
+    assert bundle.taxonomy.costs is not None  # the bundle carries the decision it was scored with
 
 
 def test_card_and_metrics_come_from_the_run_report():

@@ -56,6 +56,8 @@ def test_events_state_and_counts_reach_a_subscriber(broker, tmp_path):
         "latency_ms",
         "model_id",
         "stages",
+        "most_probable_bin",
+        "cost_rule",
     }
     wait_for(lambda: sub.latest("/count/kitchen") == b"2", what="kitchen count 2")
     wait_for(lambda: json.loads(sub.latest("/state") or b"{}").get("total") == 6, what="state total 6")
