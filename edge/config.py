@@ -8,6 +8,7 @@ description (``smartbin config`` prints them all).
 from __future__ import annotations
 
 import dataclasses
+import math
 import textwrap
 import typing
 from dataclasses import dataclass, field
@@ -57,8 +58,27 @@ class ModelConfig:
         "a number from 0 to 1",
     )
     fallback_bin: Optional[str] = opt(None, "bin for uncertain items; empty = taxonomy default_bin")
-    threads: int = opt(2, "interpreter threads", lambda n: n >= 1, "an integer >= 1")
-    top_k: int = opt(3, "how many items `classify` lists per photo", lambda n: n >= 1, ">= 1")
+    threads: int = opt(2, "interpreter threads", lambda n: 1 <= n <= 64, "1 to 64")
+    top_k: int = opt(3, "how many items `classify` lists per photo", lambda n: 1 <= n <= 1000, "1 to 1000")
+
+
+# What hobby servos take (the Maestro's 14-bit quarter-µs target would allow up to 4095 µs; the line
+# firmware refuses outside its own compiled-in limits).
+PULSE_RANGE_US = (500.0, 2500.0)
+
+
+def pulse_width(x: float) -> bool:
+    return PULSE_RANGE_US[0] <= x <= PULSE_RANGE_US[1]
+
+
+PULSE_EXPECT = f"{PULSE_RANGE_US[0]:g} to {PULSE_RANGE_US[1]:g} µs"
+# Counts the ledger stores as SQLite integers and sizes that bound memory: far above any real need.
+MAX_COUNT = 1_000_000_000
+
+
+def topic_level(s: str) -> bool:
+    """One or more MQTT topic levels: no wildcards, no NUL, no empty level."""
+    return bool(s) and not any(c in s for c in "+#\0") and all(s.split("/"))
 
 
 MAESTRO_BY_ID = (
@@ -75,14 +95,21 @@ class ServoConfig:
         "maestro or line",
     )
     port: str = opt(MAESTRO_BY_ID, "serial port, by its stable path: ls /dev/serial/by-id/")
-    baud: int = opt(115200, "baud rate (the line firmware uses 115200)", lambda n: n > 0, "> 0")
+    baud: int = opt(
+        115200, "baud rate (the line firmware uses 115200)", lambda n: 0 < n <= 4_000_000, "1 to 4000000"
+    )
     device_number: Optional[int] = opt(
-        None, "maestro: board number for the addressed Pololu protocol (daisy chains); empty = compact"
+        None,
+        "maestro: board number for the addressed Pololu protocol (daisy chains); empty = compact",
+        lambda n: 0 <= n <= 127,
+        "0 to 127",
     )
     channel: int = opt(0, "servo channel on the controller", lambda n: 0 <= n <= 23, "0 to 23")
-    home_us: float = opt(1500.0, "pulse width (µs) of the home position, tray level")
-    min_us: float = opt(1000.0, "lowest pulse width (µs) the mechanism allows")
-    max_us: float = opt(2000.0, "highest pulse width (µs) the mechanism allows")
+    home_us: float = opt(
+        1500.0, "pulse width (µs) of the home position, tray level", pulse_width, PULSE_EXPECT
+    )
+    min_us: float = opt(1000.0, "lowest pulse width (µs) the mechanism allows", pulse_width, PULSE_EXPECT)
+    max_us: float = opt(2000.0, "highest pulse width (µs) the mechanism allows", pulse_width, PULSE_EXPECT)
     bins: Dict[str, float] = field(
         default_factory=lambda: {
             "recyclable": 1100.0,
@@ -93,17 +120,37 @@ class ServoConfig:
         metadata={"help": "pulse width (µs) that tips the tray into each bin (smartbin servo calibrate)"},
     )
     speed: Optional[int] = opt(
-        None, "maestro: speed limit (0.25 µs per 10 ms; 0 = unlimited); empty = the board's setting"
+        None,
+        "maestro: speed limit (0.25 µs per 10 ms; 0 = unlimited); empty = the board's setting",
+        lambda n: 0 <= n <= 16383,
+        "0 to 16383",
     )
     acceleration: Optional[int] = opt(
-        None, "maestro: acceleration limit (0.25 µs per 10 ms per 80 ms; 0 = unlimited); empty = the board's"
+        None,
+        "maestro: acceleration limit (0.25 µs per 10 ms per 80 ms; 0 = unlimited); empty = the board's",
+        lambda n: 0 <= n <= 255,
+        "0 to 255",
     )
-    tolerance_us: float = opt(10.0, "maestro: read-back position within this many µs counts as arrived")
-    reply_timeout_s: float = opt(0.5, "seconds to wait for each controller reply", lambda x: x > 0, "> 0")
-    move_timeout_s: float = opt(2.0, "seconds a move may take before it is a fault", lambda x: x > 0, "> 0")
-    dwell_s: float = opt(0.8, "seconds the tray stays tipped while the item falls", lambda x: x >= 0, ">= 0")
+    tolerance_us: float = opt(
+        10.0,
+        "maestro: read-back position within this many µs counts as arrived",
+        lambda x: 0 < x <= 200,
+        "more than 0, at most 200",
+    )
+    reply_timeout_s: float = opt(
+        0.5, "seconds to wait for each controller reply", lambda x: 0 < x <= 60, "more than 0, at most 60"
+    )
+    move_timeout_s: float = opt(
+        2.0, "seconds a move may take before it is a fault", lambda x: 0 < x <= 60, "more than 0, at most 60"
+    )
+    dwell_s: float = opt(
+        0.8, "seconds the tray stays tipped while the item falls", lambda x: 0 <= x <= 60, "0 to 60"
+    )
     startup_s: float = opt(
-        2.5, "line: seconds to wait for the firmware after opening the port (Arduino boards reset)"
+        2.5,
+        "line: seconds to wait for the firmware after opening the port (Arduino boards reset)",
+        lambda x: 0 <= x <= 60,
+        "0 to 60",
     )
 
     def __post_init__(self) -> None:
@@ -113,7 +160,7 @@ class ServoConfig:
                 "set the mechanism's safe range",
             )
         for key, value in [("home_us", self.home_us)] + [(f"bins.{b}", v) for b, v in self.bins.items()]:
-            if not self.min_us <= value <= self.max_us:
+            if not math.isfinite(value) or not self.min_us <= value <= self.max_us:
                 raise SmartbinError(
                     f"servo.{key} = {value:g} µs is outside servo.min_us..max_us "
                     f"({self.min_us:g}..{self.max_us:g})",
@@ -132,20 +179,31 @@ class LedgerConfig:
         10_000,
         "unsent events kept through a broker outage; past it the oldest are dropped and counted "
         "(counts and state are never dropped)",
-        lambda n: n >= 1,
-        ">= 1",
+        lambda n: 1 <= n <= MAX_COUNT,
+        f"1 to {MAX_COUNT}",
     )
-    keep_events: int = opt(100_000, "sorted-item history kept on the device", lambda n: n >= 1, ">= 1")
+    keep_events: int = opt(
+        100_000, "sorted-item history kept on the device", lambda n: 1 <= n <= MAX_COUNT, f"1 to {MAX_COUNT}"
+    )
 
 
 @dataclass
 class MqttConfig:
     host: str = opt("localhost", "MQTT broker host")
     port: int = opt(1883, "MQTT broker port (8883 is usual with TLS)", lambda n: 0 < n < 65536, "1 to 65535")
-    topic_prefix: str = opt("smartbin", "topics are <topic_prefix>/<device_id>/...")
+    topic_prefix: str = opt(
+        "smartbin",
+        "topics are <topic_prefix>/<device_id>/...",
+        topic_level,
+        "topic levels without '+', '#', NUL or an empty level (no leading, trailing or double '/')",
+    )
     client_id: Optional[str] = opt(None, "MQTT client id; empty = smartbin-<device_id>")
-    keepalive_s: int = opt(30, "seconds between keep-alive pings", lambda n: n >= 5, ">= 5")
-    reconnect_max_s: float = opt(60.0, "longest wait between reconnect attempts", lambda x: x >= 1, ">= 1")
+    keepalive_s: int = opt(
+        30, "seconds between keep-alive pings (MQTT's limit: 65535)", lambda n: 5 <= n <= 65535, "5 to 65535"
+    )
+    reconnect_max_s: float = opt(
+        60.0, "longest wait between reconnect attempts", lambda x: 1 <= x <= 3600, "1 to 3600"
+    )
     username: Optional[str] = opt(None, "broker user name; empty = anonymous")
     password_file: Optional[str] = opt(None, "file holding the password (never put it in this YAML)")
     password_env: Optional[str] = opt(
@@ -155,7 +213,9 @@ class MqttConfig:
     cert_file: Optional[str] = opt(None, "client certificate (PEM), if the broker wants one")
     key_file: Optional[str] = opt(None, "client key (PEM) for cert_file")
     ha_discovery: bool = opt(True, "announce the bin to Home Assistant (MQTT discovery)")
-    ha_prefix: str = opt("homeassistant", "Home Assistant's discovery prefix")
+    ha_prefix: str = opt(
+        "homeassistant", "Home Assistant's discovery prefix", topic_level, "topic levels, as topic_prefix"
+    )
 
 
 @dataclass
@@ -169,17 +229,26 @@ class CameraConfig:
         640,
         "capture width in pixels; empty = the camera's default (320x240 makes the loop faster, "
         "docs/benchmarks.md, if the camera keeps its field of view)",
+        lambda n: 16 <= n <= 8192,
+        "16 to 8192",
     )
-    height: Optional[int] = opt(480, "capture height in pixels; empty = the camera's default")
-    fps: Optional[float] = opt(15.0, "capture frames per second; empty = the camera's default")
+    height: Optional[int] = opt(
+        480, "capture height in pixels; empty = the camera's default", lambda n: 16 <= n <= 8192, "16 to 8192"
+    )
+    fps: Optional[float] = opt(
+        15.0,
+        "capture frames per second; empty = the camera's default",
+        lambda x: 0 < x <= 1000,
+        "more than 0, at most 1000",
+    )
     exposure: Optional[float] = opt(
         None, "manual exposure in the driver's units (v4l2-ctl -l shows the range); empty = automatic"
     )
     replay_fps: float = opt(
         10.0,
         "video file or image folder: frames per second replayed; 0 = as fast as they are read",
-        lambda x: x >= 0,
-        ">= 0",
+        lambda x: 0 <= x <= 1000,
+        "0 to 1000",
     )
     dark_level: float = opt(
         20.0,
@@ -190,11 +259,11 @@ class CameraConfig:
     black_frames: int = opt(
         30,
         "consecutive black frames (no signal) after which the camera is a fault and reopened",
-        lambda n: n >= 1,
-        ">= 1",
+        lambda n: 1 <= n <= 100_000,
+        "1 to 100000",
     )
     retry_max_s: float = opt(
-        30.0, "longest wait between attempts to reopen a failed camera", lambda x: x >= 1, ">= 1"
+        30.0, "longest wait between attempts to reopen a failed camera", lambda x: 1 <= x <= 3600, "1 to 3600"
     )
 
 
@@ -234,26 +303,36 @@ class TriggerConfig:
         "0 to 1",
     )
     settle_frames: int = opt(
-        3, "consecutive present-and-still frames before the item counts as settled", lambda n: n >= 1, ">= 1"
+        3,
+        "consecutive present-and-still frames before the item counts as settled",
+        lambda n: 1 <= n <= 1000,
+        "1 to 1000",
     )
     empty_frames: int = opt(
-        3, "consecutive empty-tray frames that re-arm the trigger after a sort", lambda n: n >= 1, ">= 1"
+        3,
+        "consecutive empty-tray frames that re-arm the trigger after a sort",
+        lambda n: 1 <= n <= 1000,
+        "1 to 1000",
     )
     rearm_timeout_s: float = opt(
         15.0,
         "after a sort, if the tray never looks empty again (a stuck item), learn the tray as it is "
         "and re-arm, so that the same item is never counted twice",
-        lambda x: x > 0,
-        "> 0",
+        lambda x: 0 < x <= 86400,
+        "more than 0, at most 86400",
     )
-    learn_frames: int = opt(10, "frames averaged to learn the empty tray at start", lambda n: n >= 1, ">= 1")
+    learn_frames: int = opt(
+        10, "frames averaged to learn the empty tray at start", lambda n: 1 <= n <= 1000, "1 to 1000"
+    )
     adapt_rate: float = opt(
         0.02,
         "how fast the learned empty tray follows slow lighting changes while empty (0 = never)",
         unit_interval,
         "0 to 1",
     )
-    every_frames: int = opt(30, "continuous: classify once every this many frames", lambda n: n >= 1, ">= 1")
+    every_frames: int = opt(
+        30, "continuous: classify once every this many frames", lambda n: 1 <= n <= 100_000, "1 to 100000"
+    )
 
 
 @dataclass
@@ -261,15 +340,15 @@ class SortingConfig:
     vote_frames: int = opt(
         3,
         "frames of the settled item classified and averaged (the multi-frame vote)",
-        lambda n: n >= 1,
-        ">= 1",
+        lambda n: 1 <= n <= 100,
+        "1 to 100",
     )
     move_attempts: int = opt(
         3,
         "tries to tip an item before it is parked: left on the tray for a person, logged as a fault, "
         "not counted",
-        lambda n: n >= 1,
-        ">= 1",
+        lambda n: 1 <= n <= 100,
+        "1 to 100",
     )
     review_folder: Optional[str] = opt(
         None,
@@ -279,15 +358,15 @@ class SortingConfig:
     review_max: int = opt(
         500,
         "uncertain items kept in the review folder, oldest deleted first; 0 = keep none",
-        lambda n: n >= 0,
-        ">= 0",
+        lambda n: 0 <= n <= 1_000_000,
+        "0 to 1000000",
     )
     ready_timeout_s: float = opt(
         30.0,
         "at start, how long to wait for the camera and the servo controller before reporting "
         "READY anyway, with the missing part as a fault on the state topic",
-        lambda x: x >= 0,
-        ">= 0",
+        lambda x: 0 <= x <= 3600,
+        "0 to 3600",
     )
 
 
@@ -296,8 +375,8 @@ class Config:
     device_id: str = opt(
         "smartbin-dev",
         "this bin's id, used in MQTT topics",
-        lambda s: bool(s) and "/" not in s and "+" not in s and "#" not in s,
-        "a non-empty id without '/', '+' or '#'",
+        lambda s: bool(s) and not any(c in s for c in "/+#\0"),
+        "a non-empty id without '/', '+', '#' or NUL",
     )
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the classifier"})
     servo: ServoConfig = field(default_factory=ServoConfig, metadata={"help": "the tray servo"})
@@ -360,6 +439,10 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             f"{source}: {key} = {value!r} is not valid: expected {_type_name(tp)}",
             f"fix {key} in {source}",
         )
+    if tp is float and not math.isfinite(value):
+        raise SmartbinError(
+            f"{source}: {key} = {value!r} is not valid: expected a finite number", f"fix {key} in {source}"
+        )
     return float(value) if tp is float else value
 
 
@@ -416,11 +499,40 @@ def load_config(path: str | Path | None) -> Config:
             f"config file {path} does not exist",
             "copy config/smartbin.yaml to it, or pass --config with the right path",
         ) from None
+    except UnicodeDecodeError as exc:
+        raise SmartbinError(
+            f"config file {path} is not UTF-8 text (byte {exc.start}): it is binary or damaged",
+            "point --config at the YAML file, or write it again from config/smartbin.yaml",
+        ) from None
+    except OSError as exc:
+        raise SmartbinError(
+            f"config file {path} cannot be read: {exc.strerror}",
+            "check the path and its permissions (the service reads it as user smartbin)",
+        ) from None
+    return parse_config(read_yaml(text, f"config file {path}"), source=str(path))
+
+
+class NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a few hundred bytes of nested aliases expand to gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{event.anchor} is not allowed in a smartbin file", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """Parse a smartbin YAML file (config, taxonomy), refusing aliases; an error names ``source``."""
     try:
-        data = yaml.safe_load(text)
+        return yaml.load(text, Loader=NoAliasLoader)
     except yaml.YAMLError as exc:
-        raise SmartbinError(f"config file {path} is not valid YAML: {exc}", "fix the syntax") from None
-    return parse_config(data, source=str(path))
+        raise SmartbinError(
+            f"{source} is not valid YAML: {exc}",
+            "fix the syntax; write repeated values out instead of using &anchors and *aliases",
+        ) from None
 
 
 def describe(cls: type = Config, indent: str = "") -> str:

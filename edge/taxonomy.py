@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
-
+from edge.config import read_yaml
 from edge.errors import SmartbinError
 
 BIN_ID = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -181,12 +180,15 @@ def parse_costs(raw: Any, bins: list[str], fail) -> dict[str, dict[str, float]] 
 def load_taxonomy(path: str | Path) -> Taxonomy:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SmartbinError(
             f"taxonomy file {path} does not exist",
             "point model.taxonomy (or --taxonomy) at a file like config/taxonomy/cn-4bin.yaml",
         ) from None
-    except yaml.YAMLError as exc:
-        raise SmartbinError(f"taxonomy file {path} is not valid YAML: {exc}", "fix the syntax") from None
-    return parse_taxonomy(data, source=str(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SmartbinError(
+            f"taxonomy file {path} cannot be read as UTF-8 text: {exc}",
+            "point model.taxonomy at the YAML file, or copy it again from config/taxonomy/",
+        ) from None
+    return parse_taxonomy(read_yaml(text, f"taxonomy file {path}"), source=str(path))

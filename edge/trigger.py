@@ -57,7 +57,9 @@ def analysis_view(frame_bgr: np.ndarray, roi: list[float] | None) -> np.ndarray:
     h, w = frame_bgr.shape[:2]
     if roi:
         x, y, rw, rh = roi
-        frame_bgr = frame_bgr[int(y * h) : int((y + rh) * h), int(x * w) : int((x + rw) * w)]
+        # at least one pixel, however small the frame
+        top, left = min(int(y * h), h - 1), min(int(x * w), w - 1)
+        frame_bgr = frame_bgr[top : max(top + 1, int((y + rh) * h)), left : max(left + 1, int((x + rw) * w))]
         h, w = frame_bgr.shape[:2]
     small = cv2.resize(frame_bgr, (ANALYSIS_WIDTH, max(1, round(h * ANALYSIS_WIDTH / w))), cv2.INTER_AREA)
     grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
@@ -94,6 +96,13 @@ class PresenceTrigger:
     def update(self, frame_bgr: np.ndarray) -> TriggerState:
         cfg = self.cfg
         view = analysis_view(frame_bgr, cfg.roi)
+        if self.state is not TriggerState.LEARNING and view.shape != self.baseline.shape:
+            log.warning(
+                "trigger: the camera's frames changed shape (now %dx%d); learning the empty tray again",
+                frame_bgr.shape[1],
+                frame_bgr.shape[0],
+            )
+            self.relearn()
         previous, self.previous = self.previous, view
         if self.state is TriggerState.LEARNING:
             if self.empty is None or self.empty.shape != view.shape:

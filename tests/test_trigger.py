@@ -123,3 +123,23 @@ def test_the_simulated_tray_drops_its_item_only_when_the_servo_tips_it(gap):
             tray.servo_moved(0, 1100.0)
             tray.servo_moved(0, 1500.0)
     assert fired == 2 and tray.placed == 2
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (7, 3, 3), (2000, 500, 3)])
+def test_a_frame_of_another_shape_relearns_the_tray_instead_of_crashing(shape, caplog):
+    """A camera that renegotiates its size, or a folder with an odd image, must not end the daemon."""
+    trigger = learned(TriggerConfig(roi=[0.2, 0.2, 0.6, 0.6]))
+    odd = np.full(shape, 128, np.uint8)
+    assert trigger.update(odd) is TriggerState.LEARNING
+    assert "frames changed shape" in caplog.text
+    states = run(trigger, [odd] * 10)
+    assert states[-1] is TriggerState.EMPTY
+    # and back to the usual camera size: learned again, then an item settles as before
+    states = run(trigger, [noisy(TRAY, i) for i in range(10)] + [ITEM] * 5)
+    assert TriggerState.SETTLED in states
+
+
+def test_a_frame_of_the_same_aspect_at_another_size_keeps_the_learned_tray():
+    trigger = learned()
+    half = TRAY[::2, ::2].copy()
+    assert trigger.update(half) is TriggerState.EMPTY
