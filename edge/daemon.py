@@ -129,13 +129,13 @@ class Daemon:
     def _servo(self, cfg: ServoConfig) -> ServoSupervisor:
         return ServoSupervisor(lambda: self.connect(cfg), Calibration.from_config(cfg))
 
-    def _telemetry(self, config: Config) -> Telemetry:
+    def _telemetry(self, config: Config, classifier: Classifier | None = None) -> Telemetry:
         return Telemetry(
             config.mqtt,
             config.device_id,
             self.ledger,
             status=self.status,
-            bins=self.classifier.bundle.taxonomy.bin_ids,
+            bins=(classifier or self.classifier).bundle.taxonomy.bin_ids,
             on_sort=self.request_sort,
         )
 
@@ -414,6 +414,10 @@ class Daemon:
             new = load_config(self.config_path)
             classifier = load_classifier(new.model)
             trigger = make_trigger(new.trigger) if new.trigger != old.trigger else self.trigger
+            # built (credentials and TLS files read) before anything running is touched
+            telemetry = None
+            if new.mqtt != old.mqtt or new.device_id != old.device_id:
+                telemetry = self._telemetry(new, classifier)
         except SmartbinError as exc:
             log.error("reload refused, the running config is kept: %s", exc)
             return
@@ -425,9 +429,9 @@ class Daemon:
         if new.camera != old.camera:
             self.camera.close()
             self.camera = Camera(new.camera, self.opener, self.clock)
-        if new.mqtt != old.mqtt or new.device_id != old.device_id:
+        if telemetry is not None:
             self.telemetry.stop()
-            self.telemetry = self._telemetry(new)
+            self.telemetry = telemetry
             self.telemetry.start()
         if new.ledger != old.ledger:
             log.warning("reload: ledger.* changes take effect at the next restart")

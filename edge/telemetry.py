@@ -137,9 +137,10 @@ def read_password(cfg: MqttConfig) -> str | None:
         try:
             with open(cfg.password_file, encoding="utf-8") as fh:
                 return fh.read().strip()
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
             raise SmartbinError(
-                f"mqtt.password_file {cfg.password_file} cannot be read: {exc.strerror}",
+                f"mqtt.password_file {cfg.password_file} cannot be read: {reason}",
                 "create it readable by the smartbin user (mode 0600), holding only the password",
             ) from None
     return os.environ.get(cfg.password_env) if cfg.password_env else None

@@ -194,6 +194,18 @@ def test_reload_applies_a_valid_config_and_refuses_an_invalid_one(tmp_path, emul
         assert (
             daemon.config.model.threshold == 0.8 and daemon.classifier.bundle.model_id == "household34-mnv2"
         )
+        # a password file `check` cannot see the service failing to read: the reload is refused, the
+        # process and its running telemetry carry on
+        running_telemetry = daemon.telemetry
+        secret = tmp_path / "mqtt.pw"
+        secret.write_bytes(b"\xff\xfe not text")
+        config_file.write_text(base.replace("mqtt: {", f"mqtt: {{username: bin, password_file: {secret}, "))
+        daemon.reload()
+        assert "mqtt.password_file" in caplog.text and "not UTF-8 text" in caplog.text
+        assert daemon.telemetry is running_telemetry and daemon.config.model.threshold == 0.8
+        secret.unlink()
+        daemon.reload()
+        assert daemon.telemetry is running_telemetry and "No such file" in caplog.text
     finally:
         daemon.shutdown()
 
