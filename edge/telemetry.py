@@ -131,6 +131,11 @@ def discovery_documents(
     return docs
 
 
+def connack_timeout(cfg: MqttConfig) -> float:
+    """How long a broker that took the TCP connection may take to answer it (CONNACK)."""
+    return float(min(10, cfg.keepalive_s))
+
+
 def read_password(cfg: MqttConfig) -> str | None:
     """From a file or an environment variable, never from the YAML."""
     if cfg.password_file:
@@ -195,6 +200,7 @@ class Telemetry:
         self._handed: set[int] = set()  # outbox seqs paho holds (it resends them itself)
         self._attempts = 0
         self._retry_at = 0.0
+        self._connack_by = 0.0  # after a TCP connect: when a broker that has not answered is a fault
         self._state_due = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
@@ -226,6 +232,14 @@ class Telemetry:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if not self.connected and self._connack_by and time.monotonic() >= self._connack_by:
+                self._connack_by = 0.0
+                self.client.disconnect()
+                self._failed(
+                    f"broker {self.cfg.host}:{self.cfg.port} accepted the connection but sent no CONNACK "
+                    f"within {connack_timeout(self.cfg):g} s (is it an MQTT broker, and does it want TLS "
+                    "(mqtt.ca_file)?)"
+                )
             if not self.connected and time.monotonic() >= self._retry_at:
                 self._connect()
             if self.client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
@@ -247,7 +261,8 @@ class Telemetry:
         where = f"{self.cfg.host}:{self.cfg.port}"
         try:
             self.client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
-            self._retry_at = time.monotonic() + self.cfg.keepalive_s  # wait for CONNACK before retrying
+            self._connack_by = time.monotonic() + connack_timeout(self.cfg)
+            self._retry_at = self._connack_by  # wait for CONNACK before retrying
         except ssl.SSLError as exc:
             self._failed(
                 f"TLS with broker {where} failed: {exc.reason or exc} (check mqtt.ca_file and the host name)"
@@ -270,8 +285,11 @@ class Telemetry:
             return
         if self.fault:
             log.info("mqtt: connected to %s:%s again", self.cfg.host, self.cfg.port)
-        self.connected, self.fault, self._attempts = True, None, 0
+        self.connected, self.fault, self._attempts, self._connack_by = True, None, 0, 0.0
         client.publish(self.topics.availability, "online", qos=1, retain=True)
+        # A broker restarted without its retained store has forgotten them: say them again.
+        for bin_id, count in self.ledger.counts().items():
+            client.publish(self.topics.count(bin_id), str(count), qos=1, retain=True)
         _, self._commands_mid = client.subscribe(self.topics.commands, qos=1)
         if self.cfg.ha_discovery:
             client.subscribe(f"{self.cfg.ha_prefix}/status", qos=1)

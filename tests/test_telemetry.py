@@ -419,3 +419,49 @@ def test_mqtt_test_names_the_failing_step(tmp_path, capsys, monkeypatch):
         assert code == 1 and "ok    auth" in out and "FAIL  acl" in out
     finally:
         broker.stop()
+
+
+def test_a_listener_that_never_sends_connack_is_a_fault_and_retried(tmp_path, caplog):
+    """Something takes the TCP connection and never answers: a fault, not silence; nothing lost."""
+    import socket
+
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel completes the handshake; no one answers
+    try:
+        ledger = Ledger(tmp_path / "l.db")
+        cfg = MqttConfig(host="127.0.0.1", port=silent.getsockname()[1], reconnect_max_s=1.0, keepalive_s=5)
+        telemetry = Telemetry(cfg, "bin-4", ledger)
+        telemetry.start()
+        sort(ledger, telemetry, 0)
+        wait_for(lambda: telemetry.fault is not None, timeout_s=15, what="the missing CONNACK as a fault")
+        assert "sent no CONNACK within 5 s" in telemetry.fault
+        wait_for(lambda: telemetry._attempts >= 2, timeout_s=20, what="a second connection attempt")
+        assert caplog.text.count("no CONNACK") == 1  # one line per fault, not one per attempt
+        assert len(ledger.pending()) == 2  # the event and its count wait in the outbox
+        telemetry.stop(timeout_s=0.5)
+    finally:
+        silent.close()
+
+
+def test_counts_are_republished_to_a_broker_that_lost_its_retained_store(broker, tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    telemetry = telemetry_for(broker, ledger)
+    for n in range(3):
+        sort(ledger, telemetry, n)
+    wait_for(lambda: not ledger.pending(), what="outbox drained")
+    broker.kill()
+    for stored in tmp_path.glob("*.db"):
+        if stored.name != "l.db":
+            stored.unlink()  # the broker's persistence file: its retained messages are gone
+    broker.start()
+    late = Subscriber(broker.port, "smartbin/bin-1/count/#", client_id="late-dashboard")
+    # a dashboard that subscribes after the restart gets every bin's count, not only the next one to change
+    wait_for(
+        lambda: (
+            {t.rsplit("/", 1)[-1]: p for t, p, _ in late.messages}
+            == {b: str(c).encode() for b, c in ledger.counts().items()}
+        ),
+        timeout_s=20,
+        what="retained counts after the broker's restart",
+    )
+    telemetry.stop()
+    late.close()
