@@ -190,24 +190,23 @@ def assign_splits(
     photos have. Within each stratum, groups are taken in a seeded hash order
     and each goes to the split that is furthest below its target share.
     """
-    labels = strata
     members: dict[int, list[int]] = defaultdict(list)
     for i, g in enumerate(groups):
         members[g].append(i)
-    by_label: dict[str, list[int]] = defaultdict(list)
+    by_stratum: dict[str, list[int]] = defaultdict(list)
     for g, idx in members.items():
-        label = Counter(labels[i] for i in idx).most_common(1)[0][0]
-        by_label[label].append(g)
+        stratum = Counter(strata[i] for i in idx).most_common(1)[0][0]
+        by_stratum[stratum].append(g)
 
     def order(g: int) -> str:
         first = min(keys[i] for i in members[g])
         return hashlib.sha256(f"{seed}:{first}".encode()).hexdigest()
 
-    assignment = [""] * len(labels)
-    for label in sorted(by_label):
+    assignment = [""] * len(strata)
+    for stratum in sorted(by_stratum):
         filled = dict.fromkeys(SPLITS, 0)
-        total = sum(len(members[g]) for g in by_label[label])
-        for g in sorted(by_label[label], key=order):
+        total = sum(len(members[g]) for g in by_stratum[stratum])
+        for g in sorted(by_stratum[stratum], key=order):
             split = min(
                 SPLITS,
                 key=lambda s: (filled[s] / (fractions[SPLITS.index(s)] * total + 1e-9), SPLITS.index(s)),

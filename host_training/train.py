@@ -178,12 +178,15 @@ def epoch_repeats(views: np.ndarray, base_views: int) -> np.ndarray:
     return -(-views // base_views)
 
 
-def sample_weights(y: np.ndarray, n_labels: int, enabled: bool) -> np.ndarray:
-    """Balanced class weights over the samples an epoch shows (ones when weighting is off)."""
+def label_weights(y: np.ndarray, n_labels: int, enabled: bool) -> np.ndarray:
+    """Per label: the balanced class weight over the samples ``y`` an epoch shows (ones when off).
+
+    Index it with the samples' labels: ``label_weights(y, n, on)[y]``.
+    """
     if not enabled:
-        return np.ones(len(y), np.float32)
+        return np.ones(n_labels, np.float32)
     cw = class_weights(y, n_labels)
-    return np.array([cw[c] for c in y], dtype=np.float32)
+    return np.array([cw[c] for c in range(n_labels)], dtype=np.float32)
 
 
 # Settings that change what is trained; a resumed run must not change them.
@@ -237,7 +240,7 @@ class CachedBatches(keras.utils.PyDataset):
         super().__init__()
         self.acts, self.offsets, self.views, self.y = acts, offsets, views, y
         self.photos = np.repeat(rows, repeats[rows])
-        self.w = dict(zip(self.photos, sample_weights(y[self.photos], n_labels, settings.class_weighting)))
+        self.w = label_weights(y[self.photos], n_labels, settings.class_weighting)
         self.batch_size, self.rng = settings.batch_size, np.random.default_rng(settings.seed)
         self.on_epoch_end()
 
@@ -254,7 +257,7 @@ class CachedBatches(keras.utils.PyDataset):
         photos, rows = self.order[sl], self.rows[sl]
         sort = np.argsort(rows)  # memory-mapped rows read faster in order
         photos, rows = photos[sort], rows[sort]
-        return self.acts[rows], self.y[photos], np.array([self.w[p] for p in photos], np.float32)
+        return self.acts[rows], self.y[photos], self.w[self.y[photos]]
 
 
 def train_cached(model, split: Split, labels: list[str], settings: TrainSettings, out: Path):
@@ -302,7 +305,7 @@ def train_cached(model, split: Split, labels: list[str], settings: TrainSettings
             fit = {
                 "x": pooled[pairs],
                 "y": y_train,
-                "sample_weight": sample_weights(y_train, len(labels), settings.class_weighting),
+                "sample_weight": label_weights(y_train, len(labels), settings.class_weighting)[y_train],
                 "validation_data": (pooled[first_view[rows["val"]]], y[rows["val"]]),
             }
         run_phase(
@@ -375,9 +378,9 @@ def train_full(model, split: Split, labels: list[str], settings: TrainSettings, 
             )
             for s in ("train", "val")
         }
-    position = {photo: k for k, photo in enumerate(rows["train"])}
-    train_pixels = pixels["train"][[position[i] for i in train]]
-    w = sample_weights(y[train], len(labels), settings.class_weighting)
+    # pixels["train"] holds rows["train"] in order; repeat its rows as ``train`` repeats the photos
+    train_pixels = pixels["train"][np.repeat(np.arange(len(rows["train"])), repeats[rows["train"]])]
+    w = label_weights(y[train], len(labels), settings.class_weighting)[y[train]]
     augment = augmentation(settings.seed)
     train_ds = (
         tf.data.Dataset.from_tensor_slices((train_pixels, y[train], w))
