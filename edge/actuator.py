@@ -211,6 +211,9 @@ class Controller(Protocol):
     def move(self, channel: int, pulse_us: float, timeout_s: float) -> None:
         """Drive ``channel`` to ``pulse_us`` and return once the controller confirms it."""
 
+    def position_us(self, channel: int) -> float:
+        """Where the controller holds ``channel`` now (the last pulse width it was set to)."""
+
     def close(self) -> None: ...
 
 
@@ -323,6 +326,12 @@ class LineController:
                 f"controller confirmed {' '.join(words)!r} for MOVE {channel} {round(pulse_us)}"
             )
 
+    def position_us(self, channel: int) -> float:
+        words = self.request(f"POS {channel}")
+        if len(words) != 2 or words[0] != str(channel) or not words[1].isdigit():
+            raise ActuatorFault(f"controller answered POS {channel} with {' '.join(words)!r}")
+        return float(words[1])
+
     def detach(self, channel: int) -> None:
         self.request(f"DETACH {channel}")
 
@@ -362,12 +371,24 @@ class Calibration:
     bins: dict[str, float]
     move_timeout_s: float = 2.0
     dwell_s: float = 0.8
+    tolerance_us: float = 10.0
 
     @classmethod
     def from_config(cls, cfg: ServoConfig) -> Calibration:
         return cls(
-            cfg.channel, cfg.home_us, cfg.min_us, cfg.max_us, dict(cfg.bins), cfg.move_timeout_s, cfg.dwell_s
+            cfg.channel,
+            cfg.home_us,
+            cfg.min_us,
+            cfg.max_us,
+            dict(cfg.bins),
+            cfg.move_timeout_s,
+            cfg.dwell_s,
+            cfg.tolerance_us,
         )
+
+    def at(self, pulse_us: float, bin_id: str) -> bool:
+        """Whether a position read back from the controller is the bin's (within the tolerance)."""
+        return bin_id in self.bins and abs(pulse_us - self.bins[bin_id]) <= self.tolerance_us
 
     def target(self, bin_id: str) -> float:
         if bin_id not in self.bins:
@@ -393,17 +414,25 @@ class Actuator:
         cal = self.cal
         self.controller.move(cal.channel, cal.checked(cal.home_us, "home"), cal.move_timeout_s)
 
-    def sort(self, bin_id: str) -> dict[str, float]:
-        """Tip into the bin and come back; returns how long the move and the return took (ms)."""
+    def tip(self, bin_id: str) -> float:
+        """Tip into the bin; returns once the controller confirms it, with how long that took (ms)."""
         cal = self.cal
         target = cal.target(bin_id)
         start = time.monotonic()
         self.controller.move(cal.channel, target, cal.move_timeout_s)
-        moved = time.monotonic()
-        time.sleep(cal.dwell_s)
-        returning = time.monotonic()
+        return (time.monotonic() - start) * 1000
+
+    def return_home(self) -> float:
+        """Dwell while the item falls, then come back; returns how long the return took (ms)."""
+        time.sleep(self.cal.dwell_s)
+        start = time.monotonic()
         self.home()
-        return {"move_ms": (moved - start) * 1000, "home_ms": (time.monotonic() - returning) * 1000}
+        return (time.monotonic() - start) * 1000
+
+    def sort(self, bin_id: str) -> dict[str, float]:
+        """Tip into the bin and come back; returns how long the move and the return took (ms)."""
+        move_ms = self.tip(bin_id)
+        return {"move_ms": move_ms, "home_ms": self.return_home()}
 
 
 class ServoSupervisor:
@@ -462,13 +491,31 @@ class ServoSupervisor:
         """Connected, or due for another try."""
         return self.actuator is not None or self.clock() >= self.retry_at
 
-    def sort(self, bin_id: str) -> dict[str, float]:
+    def tip(self, bin_id: str) -> float:
+        """Tip into the bin (confirmed); the daemon counts the item, then calls :meth:`return_home`."""
         self.cal.target(bin_id)  # a calibration problem is not a controller fault
         actuator = self._connected()
         try:
-            return actuator.sort(bin_id)
+            return actuator.tip(bin_id)
         except ActuatorFault as fault:
             raise self._failed(fault.reason) from None
+
+    def return_home(self) -> float:
+        actuator = self._connected()
+        try:
+            return actuator.return_home()
+        except ActuatorFault as fault:
+            raise self._failed(fault.reason) from None
+
+    def position_us(self) -> float | None:
+        """Where the controller says the tray is, or ``None`` when it cannot say (offline, silent)."""
+        try:
+            actuator = self._connected()
+            return actuator.controller.position_us(self.cal.channel)
+        except ActuatorFault as fault:
+            if self.actuator is not None:
+                self._failed(fault.reason)
+            return None
 
     def events(self) -> list[str]:
         """The connected controller's unasked reports; none while it is offline."""

@@ -3,10 +3,19 @@
 camera → trigger → classifier (K frames) → decision → servo → ledger → telemetry
 
 One thread runs the loop; telemetry has its own (edge.telemetry). A fault in
-one part (camera, servo controller, broker) never stops the process: the part
-is retried with backoff, the state topic and the log say which part is down,
-and the rest carries on. An item is counted only once its move is confirmed,
-and it is written to the ledger before telemetry is told.
+one part (camera, servo controller, broker, ledger disk) never stops the
+process: the part is retried with backoff, the state topic and the log say
+which part is down, and the rest carries on. An exception in the loop itself is
+a fault too (``loop``), logged with its traceback; the loop goes on.
+
+Counting (docs/reliability.md): an item is written to the ledger as *moving*
+before the servo is commanded, and counted the moment the controller confirms
+the tip, before the dwell and the return home. A move left open by a power cut
+is resolved at the next start from the controller's position and the tray. An
+item the ledger cannot write is not tipped: it waits on the tray (a ``ledger``
+fault) until the disk takes writes again. The learned empty tray is kept in the
+state folder, so an item on the tray at start is sorted, and a manual sort of
+an empty tray is refused.
 
 systemd: READY=1 once the camera, model, servo controller and ledger are up
 (or after ``sorting.ready_timeout_s`` with the missing part reported),
@@ -20,6 +29,7 @@ controller's button sort what is on the tray now.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -27,7 +37,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,24 +54,54 @@ from edge.review import save_for_review
 from edge.sdnotify import Notifier
 from edge.source import Camera, FrameSource, open_source
 from edge.telemetry import Telemetry
-from edge.trigger import Trigger, TriggerState, make_trigger
+from edge.trigger import (
+    Trigger,
+    TriggerState,
+    analysis_view,
+    changed_share,
+    load_tray,
+    make_trigger,
+    save_tray,
+)
 
 log = logging.getLogger("smartbin.daemon")
 
 STATUS_EVERY_S = 2.0
 IDLE_WAIT_S = 0.05
+LEDGER_RETRY_S = 2.0  # a ledger that refused a write is tried again this often
+LOOP_RETRY_S = 0.5  # pause after an exception in the loop, so a repeating one does not spin
+LOOP_FAULT_HOLD_S = 30.0  # how long a loop exception stays on the state topic after the last one
+TRAY_SAVE_EVERY_S = 600.0  # the remembered empty tray follows the lighting this often
+VIEW_CHANGED_SHARE = 0.8  # a first frame this unlike the remembered tray: the camera moved; learn again
 
 
 @dataclass
 class Item:
-    """An item classified and on its way to a bin (or waiting for the servo to come back)."""
+    """An item classified and on its way to a bin (or waiting for the servo or the ledger)."""
 
     id: str
     decision: Decision
     probabilities: np.ndarray
     triggered_at: float
+    record: SortedItem  # what the ledger gets: written ahead as moving, counted once tipped
     stages: dict[str, float] = field(default_factory=dict)
     attempts: int = 0
+    written: bool = False  # the move is in the ledger
+
+
+def resolve_move(at_bin: bool | None, tray_shows_item: bool | None) -> str:
+    """What became of an item whose move was open when the process stopped (``None``: cannot tell).
+
+    ``counted``: it fell into its bin; ``resort``: it is still on the tray and will be sorted again;
+    ``parked``: nobody can say, or it was taken off by hand: not counted, a person should look.
+    """
+    if at_bin:
+        return "counted"  # the controller holds the tray at the bin: the tip happened
+    if tray_shows_item:
+        return "resort"
+    if at_bin is None and tray_shows_item is False:
+        return "counted"  # the controller cannot say; the item has left the tray
+    return "parked"
 
 
 def state_folder(config: Config) -> Path:
@@ -71,6 +111,11 @@ def state_folder(config: Config) -> Path:
 
 def pid_file(config: Config) -> Path:
     return state_folder(config) / "smartbin.pid"
+
+
+def tray_file(config: Config) -> Path:
+    """The learned empty tray, kept across restarts (edge.trigger.save_tray)."""
+    return state_folder(config) / "empty-tray.npz"
 
 
 class Daemon:
@@ -98,6 +143,13 @@ class Daemon:
         self.votes: list[np.ndarray] = []
         self.triggered_at = 0.0
         self.tray_fault: str | None = None
+        self.ledger_fault: str | None = None
+        self._ledger_retry_at = 0.0
+        self.unrecorded: SortedItem | None = None  # tipped; the ledger has not taken its count yet
+        self.loop_fault: str | None = None
+        self._loop_failed_at = 0.0
+        self._tray_saved_at: float | None = None  # None: the learned tray of this view is not saved yet
+        self._frame_shape: tuple[int, ...] | None = None
         self.sorted_this_run = 0
         self.last_item: dict[str, Any] | None = None
         self.ready = False
@@ -114,15 +166,23 @@ class Daemon:
     def request_reload(self) -> None:
         self._reload.set()
 
-    def request_sort(self) -> None:
-        """Classify and sort what is on the tray now, whatever the trigger says."""
+    def request_sort(self, source: str = "sort command") -> str | None:
+        """Classify and sort what is on the tray now, whatever the trigger says.
+
+        Refused (the reason is returned) when the trigger sees an empty tray: sorting the bare tray
+        would count an item that does not exist."""
+        if getattr(self, "trigger", None) is not None and self.trigger.shows_item is False:
+            log.warning("%s refused: the tray is empty", source)
+            return "tray is empty"
+        log.info("%s: sorting what is on the tray now", source)
         self._sort_now.set()
+        return None
 
     def install_signals(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
         signal.signal(signal.SIGINT, lambda *_: self.request_stop())
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
-        signal.signal(signal.SIGUSR1, lambda *_: self.request_sort())
+        signal.signal(signal.SIGUSR1, lambda *_: self.request_sort("SIGUSR1 (smartbin sort)"))
 
     # -- the parts ------------------------------------------------------------------
 
@@ -136,7 +196,7 @@ class Daemon:
             self.ledger,
             status=self.status,
             bins=(classifier or self.classifier).bundle.taxonomy.bin_ids,
-            on_sort=self.request_sort,
+            on_sort=lambda: self.request_sort("MQTT sort command"),
         )
 
     def start(self) -> None:
@@ -158,6 +218,7 @@ class Daemon:
         self.telemetry.start()
         self.started_at = self.clock()
         self.camera.open()
+        self.resolve_moves()
         self._home()
         try:
             pid_file(config).write_text(f"{os.getpid()}\n")
@@ -170,23 +231,140 @@ class Daemon:
         with contextlib.suppress(ActuatorFault):  # logged by the supervisor; retried from the loop
             self.servo.home()
 
+    # -- moves a power cut left open ----------------------------------------------------
+
+    def resolve_moves(self) -> None:
+        """Count, re-sort or park each item whose move was open when the process stopped; before the
+        servo is sent home, while the controller still holds the tray where the move left it."""
+        try:
+            moving = self.ledger.moving()
+        except sqlite3.Error as exc:
+            log.error(
+                "cannot read the open moves from the ledger (%s); they are resolved at the next start", exc
+            )
+            return
+        if not moving:
+            return
+        position = self.servo.position_us()
+        shows_item = self._tray_shows_item_now()
+        for record in moving:
+            at_bin = None if position is None else self.servo.cal.at(position, record.bin)
+            outcome = resolve_move(at_bin, shows_item)
+            where = (
+                "cannot say where the tray is" if position is None else f"holds the tray at {position:g} µs"
+            )
+            tray = {
+                None: "the tray cannot be seen",
+                True: "an item is on the tray",
+                False: "the tray is empty",
+            }
+            log.warning(
+                "item %s (%s → %s) was moving when smartbin stopped; the controller %s (%s), %s: %s",
+                record.id[:8],
+                record.item,
+                record.bin,
+                where,
+                "the bin's position" if at_bin else "not the bin's",
+                tray[shows_item],
+                {
+                    "counted": "counted once, now",
+                    "resort": "not counted; it will be sorted again",
+                    "parked": "not counted, recorded as parked: check the tray and the bin",
+                }[outcome],
+            )
+            if outcome == "counted":
+                self._write(
+                    "counting an item tipped before the restart", lambda r=record: self.ledger.record(r)
+                )
+            else:
+                self._write(
+                    "closing an open move",
+                    lambda r=record, o=outcome: self.ledger.end_move(r.id, o == "parked"),
+                )
+
+    def _tray_shows_item_now(self) -> bool | None:
+        """Whether the camera sees an item on the remembered empty tray (``None``: cannot tell)."""
+        for _ in range(20):
+            frame = self.camera.read()
+            if frame is not None:
+                break
+            self._stop.wait(IDLE_WAIT_S)
+        else:
+            return None
+        cfg = self.config.trigger
+        tray = load_tray(tray_file(self.config), frame.shape, cfg.roi)
+        if tray is None or cfg.mode != "presence":
+            return None
+        return changed_share(analysis_view(frame, cfg.roi), tray, cfg.pixel_level) >= cfg.area
+
+    # -- the remembered empty tray ------------------------------------------------------
+
+    def _adopt_remembered_tray(self, frame: np.ndarray) -> None:
+        """A new view: start from the empty tray saved by an earlier run if it is the same view."""
+        self.trigger.relearn()
+        self._tray_saved_at = None
+        cfg = self.config.trigger
+        if cfg.mode != "presence":
+            return
+        tray = load_tray(tray_file(self.config), frame.shape, cfg.roi)
+        if tray is None:
+            return
+        unlike = changed_share(analysis_view(frame, cfg.roi), tray, cfg.pixel_level)
+        if unlike >= VIEW_CHANGED_SHARE:
+            log.warning(
+                "trigger: the view is %.0f%% unlike the remembered empty tray (camera moved, lighting "
+                "changed?); learning the empty tray again: keep the tray empty for a moment",
+                unlike * 100,
+            )
+            return
+        self.trigger.adopt(tray)
+        self._tray_saved_at = self.clock()
+        log.info("trigger: using the empty tray remembered in %s", tray_file(self.config))
+
+    def _remember_tray(self, frame_shape: tuple[int, ...], force: bool = False) -> None:
+        tray = self.trigger.learned_tray()
+        if tray is None:
+            return
+        now = self.clock()
+        if not force and self._tray_saved_at is not None and now - self._tray_saved_at < TRAY_SAVE_EVERY_S:
+            return
+        self._tray_saved_at = now
+        try:
+            save_tray(tray_file(self.config), tray, frame_shape, self.config.trigger.roi)
+        except OSError as exc:
+            log.warning("cannot keep the learned empty tray in %s: %s", tray_file(self.config), exc)
+
     # -- the loop ---------------------------------------------------------------------
 
     def run(self) -> int:
         try:
             self.start()
             while not self._stop.is_set():
-                if self._reload.is_set():
-                    self._reload.clear()
-                    self.reload()
-                self.step()
-                self.heartbeat()
-                if self.camera.ended and self.pending is None:
+                self._guarded(self.turn)
+                self._guarded(self.heartbeat)
+                if self.camera.ended and self.pending is None and self.unrecorded is None:
                     log.info("the frame source has ended; stopping")
                     break
         finally:
             self.shutdown()
         return 0
+
+    def _guarded(self, work: Callable[[], None]) -> None:
+        """An exception in the loop is a fault on the state topic, never the end of the process."""
+        try:
+            work()
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc} (sorting goes on; please report it with the log)"
+            if reason != self.loop_fault:
+                log.exception("sorting loop: unexpected %s", reason)
+            self.loop_fault, self._loop_failed_at = reason, self.clock()
+            self._stop.wait(LOOP_RETRY_S)
+
+    def turn(self) -> None:
+        if self._reload.is_set():
+            self._reload.clear()
+            self.reload()
+        self.step()
 
     def step(self) -> None:
         frame = self.camera.read()
@@ -194,23 +372,30 @@ class Daemon:
             if not self.camera.ended:
                 self._stop.wait(IDLE_WAIT_S)  # the source is down: do not spin
             return
-        if self.camera.opened != self._view:  # a new view: learn the empty tray again
+        if self.camera.opened != self._view:  # a new view: the remembered empty tray, or learn it again
             self._view = self.camera.opened
-            self.trigger.relearn()
+            self._adopt_remembered_tray(frame)
             self.votes.clear()
+        if self.unrecorded is not None:
+            self.count_tipped()  # nothing moves until the tipped item is counted
+            return
         if self.pending is not None:
-            if self.servo.ready:
+            if self.servo.ready and self.clock() >= self._ledger_retry_at:
                 self.attempt(self.pending)
-            return  # the item waits on the tray for the servo; nothing new is classified
+            return  # the item waits on the tray for the servo or the ledger; nothing new is classified
         if self.servo.actuator is None and self.servo.ready:
             self._home()
         if "BUTTON" in self.servo.events():
-            log.info("the tray button asks for a sort now")
-            self.request_sort()
+            self.request_sort("the tray button")
         if self.camera.condition:
             self.votes.clear()
             return
         state = self.trigger.update(frame)
+        self._frame_shape = frame.shape
+        self._remember_tray(frame.shape)
+        if self._sort_now.is_set() and self.trigger.shows_item is False:
+            self._sort_now.clear()
+            log.warning("sort refused: the tray is empty")
         if state is TriggerState.SETTLED or self._sort_now.is_set():
             if not self.votes:
                 self.triggered_at = self.clock()
@@ -235,11 +420,24 @@ class Daemon:
             model.fallback_bin,
             model.top_k,
         )
+        item_id = uuid.uuid4().hex
         item = Item(
-            uuid.uuid4().hex,
+            item_id,
             decision,
             probabilities.mean(axis=0),
             self.triggered_at,
+            SortedItem(
+                id=item_id,
+                time=time.time(),
+                item=decision.item,
+                bin=decision.bin,
+                confidence=round(decision.confidence, 4),
+                uncertain=decision.uncertain,
+                latency_ms=0.0,
+                model_id=self.classifier.bundle.model_id,
+                most_probable_bin=decision.most_probable_bin or decision.bin,
+                cost_rule=decision.cost_rule,
+            ),
             {
                 "capture_ms": (started - self.triggered_at) * 1000,
                 "classify_ms": (classified - started) * 1000,
@@ -269,12 +467,36 @@ class Daemon:
         folder = self.config.sorting.review_folder
         return Path(folder) if folder else state_folder(self.config) / "review"
 
+    def _write(self, what: str, write: Callable[[], Any]) -> bool:
+        """One ledger write; a refused one (disk full, I/O error) is the ``ledger`` fault, retried later."""
+        try:
+            write()
+        except (sqlite3.Error, OSError) as exc:
+            reason = (
+                f"the ledger {self.ledger.path} refuses writes ({exc}) while {what}; items wait on the "
+                f"tray: free space on {self.ledger.path.parent}, sorting resumes by itself"
+            )
+            if reason != self.ledger_fault:
+                log.error("%s", reason)
+            self.ledger_fault, self._ledger_retry_at = reason, self.clock() + LEDGER_RETRY_S
+            return False
+        if self.ledger_fault is not None:
+            log.info("the ledger takes writes again")
+            self.ledger_fault = None
+        return True
+
     def attempt(self, item: Item) -> None:
+        if not item.written:
+            if not self._write(
+                f"writing the move of {item.decision.item}", lambda: self.ledger.begin_move(item.record)
+            ):
+                return  # not tipped: an item the ledger cannot count stays on the tray
+            item.written = True
         item.attempts += 1
         bin_id = item.decision.bin
         moving_at = self.clock()
         try:
-            timings = self.servo.sort(bin_id)
+            move_ms = self.servo.tip(bin_id)
         except ActuatorFault as fault:
             attempts = self.config.sorting.move_attempts
             if item.attempts < attempts:
@@ -291,7 +513,36 @@ class Daemon:
             self.park(item, fault.reason)
             return
         self.pending = None
-        self.record(item, moving_at, timings)
+        confirmed_at = moving_at + move_ms / 1000
+        stages = {
+            **item.stages,
+            "wait_ms": (moving_at - item.triggered_at) * 1000 - sum(item.stages.values()),
+            "move_ms": move_ms,
+        }
+        self.unrecorded = dataclasses.replace(
+            item.record,
+            time=time.time(),
+            latency_ms=round((confirmed_at - item.triggered_at) * 1000, 1),
+            stages={k: round(v, 1) for k, v in stages.items()},
+        )
+        self.count_tipped()
+
+    def count_tipped(self) -> None:
+        """Count the item the controller confirmed tipped, then dwell and come home.
+
+        While the ledger refuses the count the tray stays tipped: at a restart the controller's position
+        then still says the item fell, and it is counted then."""
+        if self.clock() < self._ledger_retry_at:
+            return
+        tipped, counted = self.unrecorded, []
+        if not self._write(f"counting {tipped.item}", lambda: counted.append(self.ledger.record(tipped))):
+            return
+        self.unrecorded = None
+        self.counted(tipped, counted[0])
+        try:
+            self.servo.return_home()
+        except ActuatorFault as fault:  # a servo fault (logged by the supervisor); the item stays counted
+            log.error("item %s is counted; the tray did not come back home: %s", tipped.id[:8], fault.reason)
         self.trigger.handled()
 
     def park(self, item: Item, reason: str) -> None:
@@ -299,54 +550,29 @@ class Daemon:
             f"item {item.decision.item} left on the tray after {item.attempts} failed moves: {reason}"
         )
         log.error("%s; it is not counted: take it off the tray by hand", self.tray_fault)
-        self.ledger.record_parked()
+        self._write("recording a parked item", lambda: self.ledger.end_move(item.id, parked=True))
         self.pending = None
         self.trigger.handled()
 
-    def record(self, item: Item, moving_at: float, timings: dict[str, float]) -> None:
-        d = item.decision
-        confirmed_at = moving_at + timings["move_ms"] / 1000
-        stages = {
-            **item.stages,
-            "wait_ms": (moving_at - item.triggered_at) * 1000 - sum(item.stages.values()),
-        }
-        stages.update(timings)
-        sorted_item = SortedItem(
-            id=item.id,
-            time=time.time(),
-            item=d.item,
-            bin=d.bin,
-            confidence=round(d.confidence, 4),
-            uncertain=d.uncertain,
-            latency_ms=round((confirmed_at - item.triggered_at) * 1000, 1),
-            model_id=self.classifier.bundle.model_id,
-            stages={k: round(v, 1) for k, v in stages.items()},
-            most_probable_bin=d.most_probable_bin or d.bin,
-            cost_rule=d.cost_rule,
-        )
-        try:
-            count = self.ledger.record(sorted_item)
-        except (sqlite3.Error, OSError) as exc:
-            log.critical("ledger write failed, this item is only in the log: %s %s", exc, asdict(sorted_item))
-            return
+    def counted(self, item: SortedItem, count: int) -> None:
         self.tray_fault = None
         self.sorted_this_run += 1
         self._status_at = 0.0
-        self.last_item = {"item": d.item, "bin": d.bin, "time": round(sorted_item.time)}
+        self.last_item = {"item": item.item, "bin": item.bin, "time": round(item.time)}
         self.telemetry.notify()
         log.info(
             "sorted %s → %s (%.0f%%%s%s), %d in %s, %.0f ms from trigger to move",
-            d.item,
-            d.bin,
-            d.confidence * 100,
-            ", uncertain" if d.uncertain else "",
-            f", costs chose it over {d.most_probable_bin}" if d.cost_rule else "",
+            item.item,
+            item.bin,
+            item.confidence * 100,
+            ", uncertain" if item.uncertain else "",
+            f", costs chose it over {item.most_probable_bin}" if item.cost_rule else "",
             count,
-            d.bin,
-            sorted_item.latency_ms,
+            item.bin,
+            item.latency_ms,
         )
         if self.on_sorted is not None:
-            self.on_sorted(sorted_item)
+            self.on_sorted(item)
 
     # -- health -----------------------------------------------------------------------
 
@@ -355,7 +581,9 @@ class Daemon:
             "camera": self.camera.fault or self.camera.condition,
             "servo": self.servo.fault,
             "tray": self.tray_fault,
-            "mqtt": self.telemetry.fault if self.telemetry else None,
+            "ledger": self.ledger_fault,
+            "loop": self.loop_fault if self.clock() - self._loop_failed_at < LOOP_FAULT_HOLD_S else None,
+            **(self.telemetry.faults() if self.telemetry else {}),
         }
         return {part: reason for part, reason in found.items() if reason}
 
@@ -422,6 +650,8 @@ class Daemon:
             log.error("reload refused, the running config is kept: %s", exc)
             return
         self.config, self.classifier, self.trigger = new, classifier, trigger
+        if new.trigger != old.trigger:
+            self._view = -1  # at the next frame: the remembered tray if it fits the new ROI, else learn it
         if new.servo != old.servo:
             self.servo.close()
             self.servo = self._servo(new.servo)
@@ -445,17 +675,28 @@ class Daemon:
 
     def shutdown(self) -> None:
         self.notifier.stopping(f"stopping; {self.sorted_this_run} items sorted this run")
+        if self._frame_shape is not None:
+            self._remember_tray(self._frame_shape, force=True)
         if self.pending is not None:
             log.warning(
                 "stopping with item %s (%s) still on the tray, not sorted and not counted",
                 self.pending.id[:8],
                 self.pending.decision.item,
             )
-        if getattr(self, "servo", None) is not None:
+            # its move stays open: the next start resolves it from the controller and the tray
+        if self.unrecorded is not None:
+            log.critical(
+                "stopping with item %s tipped into %s but not yet counted (the ledger refuses writes); the "
+                "tray stays tipped and the item is counted at the next start",
+                self.unrecorded.id[:8],
+                self.unrecorded.bin,
+            )
+        elif getattr(self, "servo", None) is not None:
             try:
                 self.servo.home()
             except ActuatorFault as fault:
                 log.error("could not send the servo home before exit: %s", fault.reason)
+        if getattr(self, "servo", None) is not None:
             self.servo.close()
         if getattr(self, "camera", None) is not None:
             self.camera.close()

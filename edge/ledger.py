@@ -5,6 +5,12 @@ cut). Each sorted item is one transaction: the bin's count, the event, and the
 outbox rows that telemetry will publish. A row leaves the outbox only when
 telemetry acknowledges it (the broker's PUBACK).
 
+Every move is written ahead: the item is *moving* (``begin_move``) before the
+servo is commanded, and the transaction that counts it (``record``) also ends
+the move. A move still open at start is one the process did not see finish (a
+power cut); the daemon resolves it from the controller and the tray
+(``moving``, then ``record`` or ``end_move``), so each item is counted once.
+
 Outbox policy (documented in the config reference):
 - ``count`` rows are retained values: a newer count for a bin replaces an
   unsent older one, so counts are never dropped and never pile up.
@@ -66,8 +72,14 @@ def _schema_3(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE events ADD COLUMN cost_rule INTEGER NOT NULL DEFAULT 0")
 
 
+def _schema_4(db: sqlite3.Connection) -> None:
+    """Write-ahead moves: an item is in ``moves`` from before the servo is commanded until it is
+    counted or parked."""
+    db.execute("CREATE TABLE moves (id TEXT PRIMARY KEY, time REAL NOT NULL, item TEXT NOT NULL)")
+
+
 # MIGRATIONS[n] takes a database at version n to n + 1. Append; never edit a released step.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_1, _schema_2, _schema_3]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_1, _schema_2, _schema_3, _schema_4]
 
 
 @dataclass(frozen=True)
@@ -164,9 +176,33 @@ class Ledger:
             "INSERT INTO outbox (kind, key, payload) VALUES ('count', ?, ?)", (bin_id, str(count))
         )
 
-    def record(self, item: SortedItem) -> int:
-        """Count one sorted item and queue its messages, atomically; returns the bin's new count."""
+    def begin_move(self, item: SortedItem) -> None:
+        """The item is about to be moved: written before the servo is commanded."""
         with self._lock, self._transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO moves (id, time, item) VALUES (?, ?, ?)",
+                (item.id, item.time, json.dumps(asdict(item))),
+            )
+
+    def moving(self) -> list[SortedItem]:
+        """Moves begun and never ended: counted nor parked (the process stopped mid-move)."""
+        with self._lock:
+            rows = self.db.execute("SELECT item FROM moves ORDER BY time").fetchall()
+        return [SortedItem(**json.loads(row[0])) for row in rows]
+
+    def end_move(self, item_id: str, parked: bool) -> None:
+        """The move ends without a count: the item is still on the tray (``parked`` counts it as left there
+        for a person; otherwise it will be sorted again)."""
+        with self._lock, self._transaction():
+            self.db.execute("DELETE FROM moves WHERE id = ?", (item_id,))
+            if parked:
+                self._bump("parked_items")
+
+    def record(self, item: SortedItem) -> int:
+        """Count one sorted item, end its move and queue its messages, atomically; returns the bin's new
+        count."""
+        with self._lock, self._transaction():
+            self.db.execute("DELETE FROM moves WHERE id = ?", (item.id,))
             self.db.execute(
                 "INSERT INTO counts (bin, count) VALUES (?, 1) "
                 "ON CONFLICT(bin) DO UPDATE SET count = count + 1",
@@ -237,11 +273,6 @@ class Ledger:
 
     def dropped_events(self) -> int:
         return self._meta("dropped_events")
-
-    def record_parked(self) -> None:
-        """An item that could not be tipped and was left on the tray: a fault, not a sort."""
-        with self._lock, self._transaction():
-            self._bump("parked_items")
 
     def parked_items(self) -> int:
         return self._meta("parked_items")

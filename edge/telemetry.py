@@ -18,15 +18,28 @@ says ``online``.
 Everything network-bound runs in one background thread with its own paho
 loop, so a dead broker never slows the sorting loop: the daemon only writes
 the ledger and calls :meth:`Telemetry.notify`.
+
+Nothing ends that thread: an exception in a paho callback or in reading the
+ledger (a full disk that keeps acknowledgements from being written, say) is
+logged once with its traceback, becomes the ``mqtt`` fault, drops the
+connection and is retried with backoff; unacknowledged rows stay in the
+outbox and are sent again. Should the thread die all the same,
+:meth:`Telemetry.notify` starts a new one. :meth:`Telemetry.faults` says what
+is wrong: ``mqtt`` (the link or the thread) and ``outbox`` (events dropped past
+``ledger.max_pending_events`` since this telemetry started, until the outbox
+has drained).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import sqlite3
 import ssl
+import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -131,6 +144,30 @@ def discovery_documents(
     return docs
 
 
+def explain(exc: BaseException, ledger: Ledger) -> str:
+    """What went wrong in the telemetry thread, and what fixes it, in one line."""
+    text = (str(exc) or type(exc).__name__).encode("utf-8", "backslashreplace").decode("utf-8")
+    if not isinstance(exc, sqlite3.Error):
+        return f"{type(exc).__name__}: {text} (a bug in smartbin: report it with the traceback in the log)"
+    path = ledger.path.absolute()
+    name = getattr(exc, "sqlite_errorname", "")  # Python 3.11+
+    if name == "SQLITE_FULL" or "disk is full" in text:
+        return f"{text} (the ledger cannot be written: free space on {path.parent})"
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        return f"{text} (another process holds the ledger {path}: stop it)"
+    if name.startswith("SQLITE_READONLY") or "readonly" in text:
+        return f"{text} (the ledger {path} cannot be written: check its owner and its folder's permissions)"
+    return f"ledger {path}: {text} (check the disk; a corrupt ledger can be moved aside: counts restart at 0)"
+
+
+def outbox_fault(dropped: int, max_pending_events: int) -> str:
+    return (
+        f"{dropped} event{'s' if dropped != 1 else ''} dropped since start: the broker did not take them "
+        f"while more than ledger.max_pending_events ({max_pending_events}) events waited; raise "
+        "ledger.max_pending_events or fix the broker connection"
+    )
+
+
 def connack_timeout(cfg: MqttConfig) -> float:
     """How long a broker that took the TCP connection may take to answer it (CONNACK)."""
     return float(min(10, cfg.keepalive_s))
@@ -180,7 +217,7 @@ class Telemetry:
         ledger: Ledger,
         status: Callable[[], dict[str, Any]] = dict,
         bins: Sequence[str] = (),
-        on_sort: Callable[[], None] | None = None,
+        on_sort: Callable[[], str | None] | None = None,
     ) -> None:
         self.cfg, self.ledger, self.status = cfg, ledger, status
         self.device_id, self.bins, self.on_sort = device_id, list(bins), on_sort
@@ -194,7 +231,15 @@ class Telemetry:
         self.connected = False
         self.listening = False  # the broker has confirmed the command subscription
         self._commands_mid: int | None = None
-        self.fault: str | None = None
+        self.fault: str | None = None  # the link or the thread: faults()["mqtt"]
+        self._crash: str | None = None  # what last failed inside the thread, until it works again
+        self._acked = False  # an acknowledgement was written since that failure
+        self._death: str | None = None  # what ended a thread that died all the same
+        self.max_pending_events = ledger.max_pending_events
+        self._dropped_at_start: int | None = None
+        self._dropped_seen = 0  # events dropped since start that are already a fault
+        self._outbox_fault: str | None = None
+        self._outbox_empty = False  # the last drain found nothing unacknowledged
         self.started = time.time()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
         self._handed: set[int] = set()  # outbox seqs paho holds (it resends them itself)
@@ -202,22 +247,46 @@ class Telemetry:
         self._retry_at = 0.0
         self._connack_by = 0.0  # after a TCP connect: when a broker that has not answered is a fault
         self._state_due = threading.Event()
+        self._outbox_due = threading.Event()  # look at the ledger's dropped_events
+        self._outbox_due.set()
         self._stop = threading.Event()
+        self._restart_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
 
     # -- called from the daemon ---------------------------------------------------------
 
     def start(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # else the thread reads it, and names the problem
+            self._dropped_at_start = self.ledger.dropped_events()
         self._thread.start()
 
     def notify(self) -> None:
-        """Something changed in the ledger: drain it and republish the state. Never blocks."""
+        """Something changed in the ledger: drain it and republish the state. Never blocks.
+
+        The last line of defence too: a telemetry thread that died is started again here."""
         self._state_due.set()
+        self._outbox_due.set()
+        if self._thread_died():
+            self._restart()
+
+    def faults(self) -> dict[str, str]:
+        """Telemetry's faults by part: ``mqtt`` (the broker link, the thread), ``outbox`` (dropped events)."""
+        died = self._thread_died()
+        found = {
+            "mqtt": (
+                f"the telemetry thread ended ({self._death or 'no reason given'}); it starts again "
+                "with the next change"
+                if died
+                else self.fault
+            ),
+            "outbox": self._outbox_fault,
+        }
+        return {part: reason for part, reason in found.items() if reason}
 
     def stop(self, timeout_s: float = 3.0) -> None:
         """Flush what the broker will take within ``timeout_s``, publish ``offline``, disconnect."""
         deadline = time.monotonic() + timeout_s
-        while self.connected and (self._inflight or self.ledger.pending(1)) and time.monotonic() < deadline:
+        while self.connected and self._unsent() and time.monotonic() < deadline:
             time.sleep(0.05)
         self._stop.set()
         self._thread.join(timeout=timeout_s)
@@ -228,27 +297,120 @@ class Telemetry:
             self.client.disconnect()
             self.client.loop(timeout=0.1)
 
+    def _unsent(self) -> bool:
+        try:
+            return bool(self._inflight or self.ledger.pending(1))
+        except sqlite3.Error:  # the thread names it as the fault; a stop must not fail on it
+            return False
+
+    def _thread_died(self) -> bool:
+        started = self._thread.ident is not None
+        return started and not self._thread.is_alive() and not self._stop.is_set()
+
+    def _restart(self) -> None:
+        with self._restart_lock:
+            if not self._thread_died():
+                return
+            log.error(
+                "mqtt: the telemetry thread ended (%s); starting a new one", self._death or "no reason given"
+            )
+            self._drop()  # paho may have been halfway through a packet: start from a new connection
+            self._retry_at = 0.0
+            self._death = None
+            self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
+            self._thread.start()
+
     # -- the telemetry thread ---------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self.connected and self._connack_by and time.monotonic() >= self._connack_by:
-                self._connack_by = 0.0
-                self.client.disconnect()
-                self._failed(
-                    f"broker {self.cfg.host}:{self.cfg.port} accepted the connection but sent no CONNACK "
-                    f"within {connack_timeout(self.cfg):g} s (is it an MQTT broker, and does it want TLS "
-                    "(mqtt.ca_file)?)"
-                )
-            if not self.connected and time.monotonic() >= self._retry_at:
-                self._connect()
-            if self.client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
-                self._stop.wait(0.05)  # not connected: loop() returns at once
-            if self.connected:
-                if self._state_due.is_set():
-                    self._state_due.clear()
-                    self._publish_state()
-                self._drain()
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._turn()
+                except Exception:  # paho 2 lets a callback's exception out of loop(): never let it end us
+                    self._crashed()
+        except BaseException as exc:  # SystemExit and the like: notify() starts a new thread
+            self._death = f"{type(exc).__name__}: {exc}"
+            log.error("mqtt: the telemetry thread is ending: %s", self._death, exc_info=True)
+            raise
+
+    def _turn(self) -> None:
+        if not self.connected and self._connack_by and time.monotonic() >= self._connack_by:
+            self._connack_by = 0.0
+            self.client.disconnect()
+            self._failed(
+                f"broker {self.cfg.host}:{self.cfg.port} accepted the connection but sent no CONNACK "
+                f"within {connack_timeout(self.cfg):g} s (is it an MQTT broker, and does it want TLS "
+                "(mqtt.ca_file)?)"
+            )
+        if not self.connected and time.monotonic() >= self._retry_at:
+            self._connect()
+        if self.client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+            self._stop.wait(0.05)  # not connected: loop() returns at once
+        if self._outbox_due.is_set():
+            self._outbox_due.clear()
+            try:
+                self._watch_outbox()
+            except BaseException:
+                self._outbox_due.set()  # look again after the backoff
+                raise
+        if self.connected:
+            if self._state_due.is_set():
+                self._state_due.clear()
+                self._publish_state()
+            self._drain()
+            self._recovered()
+
+    def _crashed(self) -> None:
+        """Called in an ``except`` block: log it once, make it the fault, reconnect after a backoff."""
+        exc = sys.exc_info()[1]
+        problem = explain(exc, self.ledger) if exc is not None else "unknown error"
+        delay = backoff_delay(self._attempts, 0.5, self.cfg.reconnect_max_s)
+        self._attempts += 1
+        self._retry_at = time.monotonic() + delay
+        if problem != self._crash:
+            log.exception("mqtt: telemetry failed: %s; reconnecting", problem)
+        self._crash = problem
+        self.fault = f"telemetry failed: {problem}; retrying in {delay:.1f} s"
+        self._drop()
+
+    def _drop(self) -> None:
+        """Forget the connection: what the ledger still holds unacknowledged is published again."""
+        self.connected = self.listening = False  # first: no "lost broker" from on_disconnect
+        self._connack_by = 0.0
+        self._inflight.clear()
+        self._handed.clear()
+        self._acked = False
+        try:
+            self.client.disconnect()
+        except Exception:  # noqa: BLE001 (a half-broken client: connect() starts a new socket anyway)
+            log.debug("mqtt: disconnect failed", exc_info=True)
+
+    def _recovered(self) -> None:
+        """After a failure: connected, drained, and acknowledgements written (or none needed)."""
+        if self._crash is not None and (self._acked or not self._inflight):
+            log.info("mqtt: telemetry works again (it failed with: %s)", self._crash)
+            self._crash, self.fault, self._attempts = None, None, 0
+        if self._outbox_fault is not None and self._outbox_empty:
+            log.info(
+                "outbox: drained to the broker; %d events dropped since start remain lost",
+                self._dropped_seen,
+            )
+            self._outbox_fault = None
+            self._state_due.set()
+
+    def _watch_outbox(self) -> None:
+        dropped_total = self.ledger.dropped_events()
+        if self._dropped_at_start is None:
+            self._dropped_at_start = dropped_total
+        dropped = dropped_total - self._dropped_at_start
+        if dropped > self._dropped_seen:
+            self._dropped_seen = dropped
+            if self._outbox_fault is None:
+                log.error("outbox: %s", outbox_fault(dropped, self.max_pending_events))
+            self._outbox_fault = outbox_fault(dropped, self.max_pending_events)
+            self._outbox_empty = False
+            self._state_due.set()
 
     def _failed(self, reason: str) -> None:
         if reason != self.fault:
@@ -283,9 +445,11 @@ class Telemetry:
                 f"broker {self.cfg.host}:{self.cfg.port} refused the connection: {reason_code}{hint}"
             )
             return
-        if self.fault:
-            log.info("mqtt: connected to %s:%s again", self.cfg.host, self.cfg.port)
-        self.connected, self.fault, self._attempts, self._connack_by = True, None, 0, 0.0
+        if self._crash is None:  # after a failure inside, the fault stays until a drain works
+            if self.fault:
+                log.info("mqtt: connected to %s:%s again", self.cfg.host, self.cfg.port)
+            self.fault, self._attempts = None, 0
+        self.connected, self._connack_by = True, 0.0
         client.publish(self.topics.availability, "online", qos=1, retain=True)
         # A broker restarted without its retained store has forgotten them: say them again.
         for bin_id, count in self.ledger.counts().items():
@@ -330,7 +494,9 @@ class Telemetry:
             return {"counts": self.ledger.counts()}
         if self.on_sort is None:
             raise CommandError("sort is not available: the sorting loop is not running")
-        self.on_sort()
+        refused = self.on_sort()  # why the sort cannot happen (an empty tray), or None
+        if refused:
+            raise CommandError(refused)
         return {}
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
@@ -348,12 +514,15 @@ class Telemetry:
         if seq is not None:
             self.ledger.acknowledge(seq)
             self._handed.discard(seq)
+            self._acked = True
 
     def _drain(self) -> None:
         room = INFLIGHT_LIMIT - len(self._inflight)
         if room <= 0:
             return
-        for row in self.ledger.pending(room + len(self._handed)):
+        rows = self.ledger.pending(room + len(self._handed))
+        self._outbox_empty = not rows
+        for row in rows:
             if row.seq in self._handed:
                 continue
             topic, retain = self.topics.for_row(row)
@@ -363,12 +532,15 @@ class Telemetry:
 
     def state(self) -> dict[str, Any]:
         counts = self.ledger.counts()
+        status = self.status()
+        outbox = {"outbox": self._outbox_fault} if self._outbox_fault else {}
         return {
             "counts": counts,
             "total": sum(counts.values()),
             "uptime_s": round(time.time() - self.started),
             "dropped_events": self.ledger.dropped_events(),
-            **self.status(),
+            **status,
+            "faults": {**status.get("faults", {}), **outbox},
         }
 
     def _publish_state(self) -> None:

@@ -11,6 +11,10 @@ baseline after ``rearm_timeout_s``; the learned empty tray is kept, and the
 baseline returns to it once the stuck item is gone. While the tray is empty,
 the learned tray follows slow lighting changes.
 
+The daemon keeps the learned tray in its state folder (:func:`save_tray`) and
+starts from it (:meth:`PresenceTrigger.adopt`) when the view is the same, so an
+item already on the tray at start is sorted, not learned as the tray.
+
 All of it runs on a small blurred grey copy of the region, so it costs far
 less than one classification.
 """
@@ -19,7 +23,9 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Callable, Protocol
 
 import cv2
@@ -42,6 +48,8 @@ class TriggerState(enum.Enum):
 
 class Trigger(Protocol):
     state: TriggerState
+    shows_item: bool | None
+    """Whether the last frame differs from the empty tray; ``None`` where this trigger cannot tell."""
 
     def update(self, frame_bgr: np.ndarray) -> TriggerState: ...
 
@@ -50,6 +58,12 @@ class Trigger(Protocol):
 
     def relearn(self) -> None:
         """The view changed (camera reopened): learn the empty tray again."""
+
+    def learned_tray(self) -> np.ndarray | None:
+        """The empty tray as learned (an analysis view), once learning is done."""
+
+    def adopt(self, tray: np.ndarray) -> None:
+        """Start from an empty tray learned in an earlier run instead of learning it now."""
 
 
 def analysis_view(frame_bgr: np.ndarray, roi: list[float] | None) -> np.ndarray:
@@ -87,6 +101,15 @@ class PresenceTrigger:
         self.still_run = self.empty_run = 0
         self.clear_by = 0.0
         self.changed = self.motion = 0.0
+        self.shows_item: bool | None = None
+
+    def learned_tray(self) -> np.ndarray | None:
+        return None if self.state is TriggerState.LEARNING else self.empty
+
+    def adopt(self, tray: np.ndarray) -> None:
+        self.relearn()
+        self.empty = tray.astype(np.float32)
+        self.baseline, self.learned, self.state = self.empty, self.cfg.learn_frames, TriggerState.EMPTY
 
     def handled(self) -> None:
         self.state = TriggerState.CLEARING
@@ -103,7 +126,7 @@ class PresenceTrigger:
                 frame_bgr.shape[0],
             )
             self.relearn()
-        previous, self.previous = self.previous, view
+        previous, self.previous = (view if self.previous is None else self.previous), view
         if self.state is TriggerState.LEARNING:
             if self.empty is None or self.empty.shape != view.shape:
                 self.empty, self.learned = view.copy(), 0
@@ -116,7 +139,11 @@ class PresenceTrigger:
         self.changed = changed_share(view, self.baseline, cfg.pixel_level)
         self.motion = changed_share(view, previous, cfg.pixel_level)
         present = self.changed >= cfg.area
-        if self.baseline is not self.empty and changed_share(view, self.empty, cfg.pixel_level) < cfg.area:
+        on_empty = (
+            self.changed if self.baseline is self.empty else changed_share(view, self.empty, cfg.pixel_level)
+        )
+        self.shows_item = on_empty >= cfg.area
+        if self.baseline is not self.empty and not self.shows_item:
             log.info("trigger: the stuck item has gone; the tray is empty again")
             self.baseline, present = self.empty, False
         if self.state is TriggerState.CLEARING:
@@ -151,6 +178,8 @@ class PresenceTrigger:
 class ContinuousTrigger:
     """Every ``every_frames`` frames: for models that know what an empty tray looks like."""
 
+    shows_item = None  # no empty tray to compare with: the model says whether anything is there
+
     def __init__(self, cfg: TriggerConfig) -> None:
         self.every = cfg.every_frames
         self.relearn()
@@ -158,6 +187,12 @@ class ContinuousTrigger:
     def relearn(self) -> None:
         self.frames = 0
         self.state = TriggerState.EMPTY
+
+    def learned_tray(self) -> np.ndarray | None:
+        return None
+
+    def adopt(self, tray: np.ndarray) -> None:
+        pass
 
     def handled(self) -> None:
         self.frames = 0
@@ -183,3 +218,32 @@ def make_trigger(cfg: TriggerConfig) -> Trigger:
     return {"presence": PresenceTrigger, "continuous": ContinuousTrigger, "manual": ManualTrigger}[cfg.mode](
         cfg
     )
+
+
+def save_tray(path: Path, tray: np.ndarray, frame_shape: tuple[int, ...], roi: list[float] | None) -> None:
+    """Keep the learned empty tray with the frame size and ROI it was learned for (written atomically)."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as fh:
+        np.savez(fh, tray=tray, frame_shape=np.array(frame_shape[:2]), roi=np.array(roi or [], float))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(partial, path)
+
+
+def load_tray(path: Path, frame_shape: tuple[int, ...], roi: list[float] | None) -> np.ndarray | None:
+    """The remembered empty tray if it was learned for this frame size and ROI; else ``None``."""
+    try:
+        with np.load(path) as saved:
+            tray, shape, saved_roi = saved["tray"], tuple(saved["frame_shape"]), list(saved["roi"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("trigger: the remembered empty tray %s cannot be read (%s); learning it again", path, exc)
+        return None
+    roi = roi or []
+    if shape != tuple(frame_shape[:2]) or len(saved_roi) != len(roi) or not np.allclose(saved_roi, roi):
+        log.info(
+            "trigger: the remembered empty tray was learned for another frame size or ROI; learning again"
+        )
+        return None
+    return tray

@@ -37,8 +37,8 @@ def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition") -> Non
 
 
 class Broker:
-    def __init__(self, folder: Path, extra: str = "") -> None:
-        self.folder, self.port = folder, free_port()
+    def __init__(self, folder: Path, extra: str = "", port: int | None = None) -> None:
+        self.folder, self.port = folder, port or free_port()
         self.conf = folder / "mosquitto.conf"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"

@@ -90,3 +90,16 @@ def broker(tmp_path):
     b = Broker(tmp_path).start()
     yield b
     b.stop()
+
+
+@pytest.fixture()
+def emulator():
+    """A Maestro emulated on a real pty, tipping a simulated tray of three synthetic items (``.tray``)."""
+    from edge.servo_emulator import MaestroEmulator
+    from edge.simulation import SimulatedTray
+
+    tray = SimulatedTray(synthetic=3, fps=0)
+    e = MaestroEmulator(on_move=tray.servo_moved)
+    e.tray = tray
+    yield e
+    e.stop()

@@ -227,24 +227,26 @@ def test_supervisor_survives_an_unplug_and_reconnects_through_the_stable_path(tm
     supervisor = ServoSupervisor(
         lambda: MaestroController(Link(str(by_id), 115200, 0.2)), CAL, base_s=0.2, cap_s=0.2
     )
-    supervisor.sort("kitchen")
+    supervisor.tip("kitchen")
     assert supervisor.fault is None
 
     first.mode = "unplug_on_move"
     with pytest.raises(ActuatorFault):
-        supervisor.sort("kitchen")  # in flight when the port died: failed, not done
+        supervisor.tip("kitchen")  # in flight when the port died: failed, not done
     assert supervisor.fault and supervisor.actuator is None
     with pytest.raises(ActuatorFault, match="offline .* next try in"):
-        supervisor.sort("kitchen")
+        supervisor.tip("kitchen")
     assert caplog.text.count("servo fault:") == 1
 
     second = MaestroEmulator()
     by_id.unlink()
     by_id.symlink_to(second.port)
     time.sleep(0.25)
-    supervisor.sort("other")
+    supervisor.tip("other")
     assert supervisor.fault is None
-    assert [c[0] for c in second.commands].count(0x84) == 2
+    assert [c[0] for c in second.commands].count(
+        0x84
+    ) == 1  # the tip: the daemon sends it home after counting
     assert "servo controller back" in caplog.text
     supervisor.close()
     first.stop()
@@ -257,16 +259,16 @@ def test_supervisor_with_no_port_records_the_fault_and_the_fix(tmp_path):
         lambda: MaestroController(Link(str(tmp_path / "ttyACM0"), 115200, 0.1)), CAL, clock=lambda: clock[0]
     )
     with pytest.raises(ActuatorFault, match="does not exist"):
-        supervisor.sort("kitchen")
+        supervisor.tip("kitchen")
     assert "/dev/serial/by-id" in supervisor.fault
     with pytest.raises(ActuatorFault, match="next try"):
-        supervisor.sort("kitchen")
+        supervisor.tip("kitchen")
     clock[0] += 60
     with pytest.raises(ActuatorFault, match="does not exist"):
-        supervisor.sort("kitchen")
+        supervisor.tip("kitchen")
     assert supervisor.attempts == 2
     with pytest.raises(ActuatorFault, match="no calibrated position"):
-        supervisor.sort("compost")
+        supervisor.tip("compost")
     assert supervisor.attempts == 2
 
 

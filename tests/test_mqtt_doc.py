@@ -10,7 +10,7 @@ from pathlib import Path
 from edge.daemon import Daemon
 from edge.trigger import TriggerState
 from tests.broker import Subscriber, wait_for
-from tests.test_daemon import config_for, emulator, needs_broker  # noqa: F401 (fixture)
+from tests.test_daemon import config_for, needs_broker
 from tests.test_telemetry import live, publish, replies  # noqa: F401 (fixture)
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "mqtt.md"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -465,3 +469,169 @@ def test_counts_are_republished_to_a_broker_that_lost_its_retained_store(broker,
     )
     telemetry.stop()
     late.close()
+
+
+# -- nothing ends the telemetry thread; dropped events are a fault -----------------------------------
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs of its own for the ledger, so that a full disk is a real one."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("a real full disk needs mount(8) and root to mount a tmpfs")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"a real full disk needs root to mount a tmpfs: {mounted.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def fill(folder) -> None:
+    """Write zeros until the file system says it is full."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, bytes(65536))
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
+
+
+def sort_ids(ledger: Ledger, n: int) -> set[str]:
+    """``n`` sorted items written to the ledger with no telemetry running; their event ids."""
+    items = [
+        SortedItem(str(uuid.uuid4()), time.time(), "item", BINS[i % 4], 0.9, False, 1.0, "m")
+        for i in range(n)
+    ]
+    for item in items:
+        ledger.record(item)
+    return {item.id for item in items}
+
+
+def tracebacks(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "edge.telemetry" and r.exc_info]
+
+
+def test_a_full_disk_under_the_ledger_is_a_fault_and_delivery_resumes(broker, small_disk, caplog):
+    """The broker's PUBACK cannot be written to the ledger (on_publish raises inside paho's loop)."""
+    ledger = Ledger(small_disk / "l.db")
+    ids = sort_ids(ledger, 5)
+    fill(small_disk)
+    sub = Subscriber(broker.port, "smartbin/bin-1/#")
+    telemetry = telemetry_for(broker, ledger)
+    wait_for(lambda: "database or disk is full" in (telemetry.fault or ""), what="the full disk as a fault")
+    # it carries on: reconnects after a backoff and publishes every unacknowledged event again
+    wait_for(lambda: all(sub.event_ids().count(i) >= 2 for i in ids), timeout_s=15, what="events sent again")
+    assert telemetry._thread.is_alive()
+    fault = telemetry.faults()["mqtt"]
+    assert fault.startswith("telemetry failed: database or disk is full")
+    assert f"free space on {small_disk}" in fault and "retrying in" in fault
+    assert {p.key for p in ledger.pending(100) if p.kind == "event"} == ids  # none acknowledged, none lost
+    assert len(tracebacks(caplog)) == 1  # logged once with its traceback, not once per retry
+
+    (small_disk / "filler").unlink()
+    wait_for(
+        lambda: telemetry.fault is None and not ledger.pending(), timeout_s=15, what="acknowledged at last"
+    )
+    assert set(sub.event_ids()) == ids and telemetry.faults() == {}
+    telemetry.stop()
+    sub.close()
+    ledger.close()
+
+
+def test_a_corrupt_outbox_row_is_a_fault_and_delivery_resumes_once_repaired(broker, tmp_path, caplog):
+    """Reading the outbox fails (a payload that is no longer UTF-8, as a failing SD card leaves it)."""
+    ledger = Ledger(tmp_path / "l.db")
+    ids = sort_ids(ledger, 3)
+    other = sqlite3.connect(tmp_path / "l.db", isolation_level=None)  # another process: a bit flip
+    seq, payload = other.execute("SELECT seq, payload FROM outbox WHERE kind = 'event'").fetchone()
+    other.execute("UPDATE outbox SET payload = CAST(X'7BFF' AS TEXT) WHERE seq = ?", (seq,))
+    sub = Subscriber(broker.port, "smartbin/bin-1/#")
+    telemetry = telemetry_for(broker, ledger)
+    wait_for(lambda: "Could not decode" in (telemetry.fault or ""), what="the unreadable row as a fault")
+    wait_for(lambda: telemetry._attempts >= 2, what="a second try after a backoff")
+    assert telemetry._thread.is_alive()
+    assert telemetry.fault.startswith(f"telemetry failed: ledger {tmp_path / 'l.db'}: ")
+    assert "check the disk" in telemetry.fault
+    assert len(tracebacks(caplog)) == 1
+
+    other.execute("UPDATE outbox SET payload = ? WHERE seq = ?", (payload, seq))  # repaired
+    other.close()
+    wait_for(lambda: telemetry.fault is None and not ledger.pending(), timeout_s=15, what="drained")
+    wait_for(lambda: set(sub.event_ids()) == ids, what="every event")
+    telemetry.stop()
+    sub.close()
+
+
+class ExitingLedger(Ledger):
+    """A real ledger whose first outbox read raises SystemExit, as a library calling sys.exit() would:
+    no ``except Exception`` catches it, so it ends the telemetry thread."""
+
+    exits = 1
+
+    def pending(self, limit: int = 100):
+        if self.exits:
+            self.exits -= 1
+            raise SystemExit("sys.exit() in the telemetry thread")
+        return super().pending(limit)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the point of the test
+def test_notify_starts_a_new_thread_when_the_telemetry_thread_died(broker, tmp_path, caplog):
+    sub = Subscriber(broker.port, "smartbin/bin-1/#")
+    ledger = ExitingLedger(tmp_path / "l.db")
+    sort(ledger, None, 0)  # no notify() yet: it would start a new thread at once
+    telemetry = telemetry_for(broker, ledger)
+    wait_for(lambda: not telemetry._thread.is_alive(), what="the thread ended by SystemExit")
+    assert "thread ended (SystemExit: sys.exit() in the telemetry thread)" in telemetry.faults()["mqtt"]
+
+    sort(ledger, telemetry, 1)  # the daemon's next change
+    assert telemetry._thread.is_alive()
+    assert "the telemetry thread ended (SystemExit" in caplog.text
+    wait_for(lambda: len(set(sub.event_ids())) == 2 and not ledger.pending(), what="both events")
+    wait_for(lambda: telemetry.faults() == {}, what="no fault")
+    telemetry.stop()
+    sub.close()
+
+
+def test_events_dropped_past_the_outbox_limit_are_a_fault_until_it_drains(tmp_path, caplog):
+    from tests.broker import free_port
+
+    port = free_port()  # nothing listens there yet
+    ledger = Ledger(tmp_path / "l.db", max_pending_events=3)
+    cfg = MqttConfig(host="127.0.0.1", port=port, reconnect_max_s=1.0, keepalive_s=5)
+    telemetry = Telemetry(cfg, "bin-1", ledger, status=lambda: {"model_id": "m1", "faults": {}})
+    telemetry.start()
+    for n in range(5):
+        sort(ledger, telemetry, n)
+    wait_for(
+        lambda: telemetry.faults().get("outbox", "").startswith("2 events dropped since start"),
+        what="the dropped events as a fault",
+    )
+    outbox = telemetry.faults()["outbox"]
+    assert "ledger.max_pending_events (3)" in outbox and "cannot reach broker" in telemetry.faults()["mqtt"]
+    state = telemetry.state()
+    assert state["faults"] == {"outbox": outbox} and state["dropped_events"] == 2
+    assert caplog.text.count("events dropped since start") + caplog.text.count("event dropped since") == 1
+
+    broker = Broker(tmp_path, port=port).start()
+    try:
+        wait_for(
+            lambda: telemetry.faults() == {} and not ledger.pending(),
+            timeout_s=15,
+            what="the outbox drained and the fault cleared",
+        )
+        late = Subscriber(broker.port, "smartbin/bin-1/state", client_id="late")
+        wait_for(
+            lambda: json.loads(late.latest("/state") or b"{}").get("faults") == {}, what="no faults in state"
+        )
+        assert json.loads(late.latest("/state"))["dropped_events"] == 2  # the counter stays
+        telemetry.stop()
+        late.close()
+    finally:
+        broker.stop()
