@@ -321,6 +321,16 @@ class Daemon:
         self._tray_saved_at = self.clock()
         log.info("trigger: using the empty tray remembered in %s", tray_file(self.config))
 
+    def _frame_size_changed(self, frame: np.ndarray) -> None:
+        """Frames of another size (a camera that renegotiated): back to a size the tray was remembered
+        for, start from that tray, so an item lying there meanwhile is still sorted; otherwise the
+        trigger decides (it learns again if its view changed shape)."""
+        (h, w), (was_h, was_w) = frame.shape[:2], self._frame_shape[:2]
+        log.warning("camera: frames are now %dx%d (were %dx%d)", w, h, was_w, was_h)
+        self.votes.clear()
+        if load_tray(tray_file(self.config), frame.shape, self.config.trigger.roi) is not None:
+            self._adopt_remembered_tray(frame)
+
     def _remember_tray(self, frame_shape: tuple[int, ...], force: bool = False) -> None:
         tray = self.trigger.learned_tray()
         if tray is None:
@@ -376,6 +386,9 @@ class Daemon:
             self._view = self.camera.opened
             self._adopt_remembered_tray(frame)
             self.votes.clear()
+        elif self._frame_shape is not None and frame.shape[:2] != self._frame_shape[:2]:
+            self._frame_size_changed(frame)
+        self._frame_shape = frame.shape
         if self.unrecorded is not None:
             self.count_tipped()  # nothing moves until the tipped item is counted
             return
@@ -391,7 +404,6 @@ class Daemon:
             self.votes.clear()
             return
         state = self.trigger.update(frame)
-        self._frame_shape = frame.shape
         self._remember_tray(frame.shape)
         if self._sort_now.is_set() and self.trigger.shows_item is False:
             self._sort_now.clear()

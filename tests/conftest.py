@@ -103,3 +103,37 @@ def emulator():
     e.tray = tray
     yield e
     e.stop()
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs as the state folder (``tmp_path / "state"``), so that a full disk is a real one."""
+    import subprocess
+
+    folder = tmp_path / "state"
+    folder.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("a real full disk needs mount(8) and root to mount a tmpfs")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"a real full disk needs root to mount a tmpfs: {mounted.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    """Write zeros until the file system says it is full; the filler file, to free the space again."""
+    import errno
+
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, bytes(65536))
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
+    return filler

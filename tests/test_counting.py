@@ -13,10 +13,10 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import edge.daemon
@@ -25,6 +25,7 @@ from edge.ledger import Ledger, SortedItem
 from edge.servo_emulator import LineEmulator, MaestroEmulator
 from edge.simulation import SimulatedTray
 from tests.broker import Subscriber, wait_for
+from tests.conftest import fill
 from tests.test_daemon import Running, bin_moves, config_for, needs_broker
 
 
@@ -232,27 +233,6 @@ def test_an_exception_in_the_loop_is_a_fault_and_sorting_goes_on(tmp_path, emula
     assert "RuntimeError" in daemon.faults()["loop"]
 
 
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A 2 MiB tmpfs for the state folder, so that the ledger's disk can really fill up."""
-    mount = tmp_path / "state"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs needs root: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    """Write until the disk refuses another byte."""
-    filler = folder / "filler"
-    with open(filler, "wb", buffering=0) as fh, contextlib.suppress(OSError):
-        while True:
-            fh.write(b"\0" * 4096)
-    return filler
-
-
 def test_a_full_disk_stops_tipping_says_so_and_sorting_resumes_when_space_returns(tmp_path, small_disk):
     tray = SimulatedTray(synthetic=4, fps=30)
     emulator = MaestroEmulator(on_move=tray.servo_moved)
@@ -285,3 +265,32 @@ def test_a_full_disk_stops_tipping_says_so_and_sorting_resumes_when_space_return
     ledger = Ledger(config.ledger.path)
     assert len(seen) == 4 == sum(ledger.counts().values()) == len(bin_moves(emulator, config))
     assert "ledger" not in daemon.faults()
+
+
+def test_frames_that_change_size_mid_run_relearn_the_tray_and_sorting_goes_on(tmp_path, emulator, caplog):
+    """A camera that renegotiates its size, or a folder with a 1×1 or a huge image, ends nothing."""
+    tray = emulator.tray
+    odd = [np.full((1, 1, 3), 128, np.uint8), np.full((3000, 4000, 3), 128, np.uint8)]
+
+    class Renegotiating:
+        finite, description = True, "a camera that changes its frame size twice"
+
+        def __init__(self) -> None:
+            self.frames = 0
+
+        def read(self):
+            self.frames += 1
+            if self.frames in (25, 26):  # an item lies on the learned tray: a 1×1 frame, then a huge one
+                return odd[self.frames - 25]
+            return tray.read()
+
+        def close(self) -> None:
+            pass
+
+    seen = []
+    daemon = Daemon(
+        config_for(tmp_path, emulator.port), opener=lambda cfg: Renegotiating(), on_sorted=seen.append
+    )
+    assert Running(daemon).join(60) == 0  # the item on the tray meanwhile was sorted, not learned
+    assert len(seen) == 3 and daemon.loop_fault is None
+    assert caplog.text.count("camera: frames are now") == 3

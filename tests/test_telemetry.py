@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import os
 import shutil
 import signal
 import sqlite3
@@ -22,7 +20,7 @@ from edge.config import MqttConfig
 from edge.ledger import Ledger, SortedItem
 from edge.telemetry import Telemetry
 from tests.broker import Broker, Subscriber, mosquitto_path, wait_for
-from tests.conftest import REPO
+from tests.conftest import REPO, fill
 
 pytestmark = pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto absent: scripts/test installs it")
 
@@ -472,34 +470,6 @@ def test_counts_are_republished_to_a_broker_that_lost_its_retained_store(broker,
 
 
 # -- nothing ends the telemetry thread; dropped events are a fault -----------------------------------
-
-
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A 2 MiB tmpfs of its own for the ledger, so that a full disk is a real one."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("a real full disk needs mount(8) and root to mount a tmpfs")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"a real full disk needs root to mount a tmpfs: {mounted.stderr.strip()}")
-    yield folder
-    subprocess.run(["umount", "--lazy", str(folder)], check=True)
-
-
-def fill(folder) -> None:
-    """Write zeros until the file system says it is full."""
-    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, bytes(65536))
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC, exc
-    finally:
-        os.close(fd)
 
 
 def sort_ids(ledger: Ledger, n: int) -> set[str]:
