@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import textwrap
 import typing
 from dataclasses import dataclass, field
@@ -41,15 +42,38 @@ def unit_interval(x: float) -> bool:
     return 0.0 <= x <= 1.0
 
 
+# What Linux takes as a file name: a longer one, a NUL or a character the file system encoding cannot
+# write is an OSError or ValueError from the first open() or stat(), past validation.
+NAME_MAX, PATH_MAX = 255, 4095
+
+
+def file_path(s: str) -> bool:
+    try:
+        raw = os.fsencode(s)
+    except UnicodeEncodeError:  # a lone surrogate, from "\ud800" in the YAML
+        return False
+    return (
+        b"\0" not in raw and len(raw) <= PATH_MAX and all(len(name) <= NAME_MAX for name in raw.split(b"/"))
+    )
+
+
+PATH_EXPECT = f"a file path without NUL, at most {PATH_MAX} bytes, each name in it at most {NAME_MAX} bytes"
+
+
 @dataclass
 class ModelConfig:
     bundle: Optional[str] = opt(
         None,
         "model bundle folder (model.tflite + model.json from smartbin-train); "
         "empty = the default bundle shipped in models/",
+        file_path,
+        PATH_EXPECT,
     )
     taxonomy: Optional[str] = opt(
-        None, "taxonomy YAML mapping items to bins; empty = the one the model was trained for"
+        None,
+        "taxonomy YAML mapping items to bins; empty = the one the model was trained for",
+        file_path,
+        PATH_EXPECT,
     )
     threshold: float = opt(
         DEFAULT_THRESHOLD,
@@ -76,9 +100,42 @@ PULSE_EXPECT = f"{PULSE_RANGE_US[0]:g} to {PULSE_RANGE_US[1]:g} µs"
 MAX_COUNT = 1_000_000_000
 
 
+# MQTT 3.1.1 strings (client id, user name, topic) are UTF-8 without U+0000, at most 65535 bytes: paho
+# raises UnicodeEncodeError at start for a lone surrogate (which YAML's "\ud800" escape gives).
+MQTT_STRING_MAX = 65535
+MQTT_STRING_EXPECT = f"UTF-8 text without NUL, at most {MQTT_STRING_MAX} bytes"
+
+
+def mqtt_string(s: str) -> bool:
+    try:
+        raw = s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return b"\0" not in raw and len(raw) <= MQTT_STRING_MAX
+
+
 def topic_level(s: str) -> bool:
     """One or more MQTT topic levels: no wildcards, no NUL, no empty level."""
-    return bool(s) and not any(c in s for c in "+#\0") and all(s.split("/"))
+    return bool(s) and not any(c in s for c in "+#\0") and all(s.split("/")) and mqtt_string(s)
+
+
+def host_name(s: str) -> bool:
+    """A name or address socket.connect takes: an empty one is paho's ValueError, and an empty or
+    63-character-plus label (``a..b``) the IDNA codec's UnicodeError, both in the telemetry thread."""
+    try:
+        s.encode("idna")
+    except UnicodeError:
+        return False
+    return bool(s) and "\0" not in s
+
+
+def env_name(s: str) -> bool:
+    """A name os.environ can look up (a lone surrogate cannot be encoded) and an environment can hold."""
+    try:
+        os.fsencode(s)
+    except UnicodeEncodeError:
+        return False
+    return not any(c in s for c in "=\0")
 
 
 MAESTRO_BY_ID = (
@@ -174,6 +231,8 @@ class LedgerConfig:
         None,
         "SQLite file of counts and unsent messages; empty = ledger.db in $STATE_DIRECTORY (systemd), "
         "else in /var/lib/smartbin if it exists, else in the working folder",
+        file_path,
+        PATH_EXPECT,
     )
     max_pending_events: int = opt(
         10_000,
@@ -189,33 +248,70 @@ class LedgerConfig:
 
 @dataclass
 class MqttConfig:
-    host: str = opt("localhost", "MQTT broker host")
+    host: str = opt(
+        "localhost",
+        "MQTT broker host",
+        host_name,
+        "a host name or address (no empty label, no label over 63 characters, no NUL)",
+    )
     port: int = opt(1883, "MQTT broker port (8883 is usual with TLS)", lambda n: 0 < n < 65536, "1 to 65535")
     topic_prefix: str = opt(
         "smartbin",
         "topics are <topic_prefix>/<device_id>/...",
         topic_level,
-        "topic levels without '+', '#', NUL or an empty level (no leading, trailing or double '/')",
+        "topic levels without '+', '#', NUL or an empty level (no leading, trailing or double '/'), "
+        f"{MQTT_STRING_EXPECT}",
     )
-    client_id: Optional[str] = opt(None, "MQTT client id; empty = smartbin-<device_id>")
+    client_id: Optional[str] = opt(
+        None, "MQTT client id; empty = smartbin-<device_id>", mqtt_string, MQTT_STRING_EXPECT
+    )
     keepalive_s: int = opt(
         30, "seconds between keep-alive pings (MQTT's limit: 65535)", lambda n: 5 <= n <= 65535, "5 to 65535"
     )
     reconnect_max_s: float = opt(
         60.0, "longest wait between reconnect attempts", lambda x: 1 <= x <= 3600, "1 to 3600"
     )
-    username: Optional[str] = opt(None, "broker user name; empty = anonymous")
-    password_file: Optional[str] = opt(None, "file holding the password (never put it in this YAML)")
-    password_env: Optional[str] = opt(
-        "SMARTBIN_MQTT_PASSWORD", "environment variable holding the password, if no password_file"
+    username: Optional[str] = opt(
+        None, "broker user name; empty = anonymous", mqtt_string, MQTT_STRING_EXPECT
     )
-    ca_file: Optional[str] = opt(None, "CA certificate (PEM) to verify the broker; set to use TLS")
-    cert_file: Optional[str] = opt(None, "client certificate (PEM), if the broker wants one")
-    key_file: Optional[str] = opt(None, "client key (PEM) for cert_file")
+    password_file: Optional[str] = opt(
+        None, "file holding the password (never put it in this YAML)", file_path, PATH_EXPECT
+    )
+    password_env: Optional[str] = opt(
+        "SMARTBIN_MQTT_PASSWORD",
+        "environment variable holding the password, if no password_file",
+        env_name,
+        "a variable name without '=' or NUL",
+    )
+    ca_file: Optional[str] = opt(
+        None, "CA certificate (PEM) to verify the broker; set to use TLS", file_path, PATH_EXPECT
+    )
+    cert_file: Optional[str] = opt(
+        None, "client certificate (PEM), if the broker wants one", file_path, PATH_EXPECT
+    )
+    key_file: Optional[str] = opt(None, "client key (PEM) for cert_file", file_path, PATH_EXPECT)
     ha_discovery: bool = opt(True, "announce the bin to Home Assistant (MQTT discovery)")
     ha_prefix: str = opt(
         "homeassistant", "Home Assistant's discovery prefix", topic_level, "topic levels, as topic_prefix"
     )
+
+
+# The network streams edge.source hands to OpenCV as they are.
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://")
+CAMERA_INDEX_MAX = 255  # /dev/video0 to /dev/video255, what V4L2 numbers
+
+
+def camera_source(source: Union[int, str]) -> bool:
+    """What edge.source can open or report as a fault: an index OpenCV's C int takes (a larger one,
+    or a 4300-digit one, raised past the fault handling), and text that is a pipeline, a stream URL or
+    a path the OS can take (a 256-byte name raised OSError from stat())."""
+    if isinstance(source, int):
+        return 0 <= source <= CAMERA_INDEX_MAX
+    if source.isdigit():  # an index written as text ("0"); "²" is a digit int() refuses
+        return source.isascii() and len(source) <= 3 and int(source) <= CAMERA_INDEX_MAX
+    if not mqtt_string(source):  # UTF-8 without NUL, as OpenCV passes it on
+        return False
+    return bool(source) and ("!" in source or source.startswith(STREAM_SCHEMES) or file_path(source))
 
 
 @dataclass
@@ -224,6 +320,9 @@ class CameraConfig:
         0,
         "camera index (0), device (/dev/video0), GStreamer pipeline (ending in appsink), rtsp:// "
         "URL, video file, or a folder of images replayed in name order",
+        camera_source,
+        f"an index 0 to {CAMERA_INDEX_MAX}, a device or file path (no NUL, each name at most "
+        f"{NAME_MAX} bytes), a GStreamer pipeline or a {', '.join(STREAM_SCHEMES)} URL",
     )
     width: Optional[int] = opt(
         640,
@@ -354,6 +453,8 @@ class SortingConfig:
         None,
         "where uncertain items' frames (+ probabilities JSON) are kept for labelling; "
         "empty = review/ beside the ledger",
+        file_path,
+        PATH_EXPECT,
     )
     review_max: int = opt(
         500,
@@ -375,8 +476,8 @@ class Config:
     device_id: str = opt(
         "smartbin-dev",
         "this bin's id, used in MQTT topics",
-        lambda s: bool(s) and not any(c in s for c in "/+#\0"),
-        "a non-empty id without '/', '+', '#' or NUL",
+        lambda s: bool(s) and not any(c in s for c in "/+#\0") and mqtt_string(s),
+        f"a non-empty id without '/', '+', '#' or NUL, {MQTT_STRING_EXPECT}",
     )
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the classifier"})
     servo: ServoConfig = field(default_factory=ServoConfig, metadata={"help": "the tray servo"})
@@ -395,10 +496,20 @@ def _type_name(tp: Any) -> str:
     )
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """A value as an error message shows it: its repr, cut short (a 70 000-character string is not
+    printed whole, and an integer past Python's 4300-digit limit has no repr at all)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if typing.get_origin(tp) is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
+        if value is None and len(args) < len(typing.get_args(tp)):  # Optional: empty = the default
             return None
         for alternative in args[:-1]:
             try:
@@ -411,14 +522,14 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if typing.get_origin(tp) is list:
         if not isinstance(value, list):
             raise SmartbinError(
-                f"{source}: {key} = {value!r} is not valid: expected a list", f"fix {key} in {source}"
+                f"{source}: {key} = {shown(value)} is not valid: expected a list", f"fix {key} in {source}"
             )
         (item_tp,) = typing.get_args(tp)
         return [_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
     if typing.get_origin(tp) is dict:
         if not isinstance(value, Mapping):
             raise SmartbinError(
-                f"{source}: {key} = {value!r} is not valid: expected a mapping", f"fix {key} in {source}"
+                f"{source}: {key} = {shown(value)} is not valid: expected a mapping", f"fix {key} in {source}"
             )
         key_tp, value_tp = typing.get_args(tp)
         return {
@@ -436,14 +547,21 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     )
     if not ok:
         raise SmartbinError(
-            f"{source}: {key} = {value!r} is not valid: expected {_type_name(tp)}",
+            f"{source}: {key} = {shown(value)} is not valid: expected {_type_name(tp)}",
             f"fix {key} in {source}",
         )
-    if tp is float and not math.isfinite(value):
-        raise SmartbinError(
-            f"{source}: {key} = {value!r} is not valid: expected a finite number", f"fix {key} in {source}"
-        )
-    return float(value) if tp is float else value
+    if tp is float:
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past 1.8e308
+            number = math.inf
+        if not math.isfinite(number):
+            raise SmartbinError(
+                f"{source}: {key} = {shown(value)} is not valid: expected a finite number",
+                f"fix {key} in {source}",
+            )
+        return number
+    return value
 
 
 def build_dataclass(cls: type, data: Any, prefix: str, source: str) -> Any:
@@ -452,16 +570,16 @@ def build_dataclass(cls: type, data: Any, prefix: str, source: str) -> Any:
         data = {}
     if not isinstance(data, Mapping):
         raise SmartbinError(
-            f"{source}: {prefix or 'the file'} must be a mapping of keys, got {data!r}",
+            f"{source}: {prefix or 'the file'} must be a mapping of keys, got {shown(data)}",
             f"write {prefix or 'the file'} as 'key: value' lines",
         )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(map(str, data)) - set(fields))
+    unknown = sorted({k if isinstance(k, str) else shown(k) for k in data} - set(fields))
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise SmartbinError(
-            f"{source}: unknown key {where}{unknown[0]}",
+            f"{source}: unknown key {where}{unknown[0][:80]}",
             f"known keys{' under ' + prefix if prefix else ''}: {', '.join(fields)}",
         )
     values = {}
@@ -473,7 +591,7 @@ def build_dataclass(cls: type, data: Any, prefix: str, source: str) -> Any:
         check = f.metadata.get("check")
         if check is not None and value is not None and not check(value):
             raise SmartbinError(
-                f"{source}: {key} = {value!r} is not valid: expected {f.metadata['expect']}",
+                f"{source}: {key} = {shown(value)} is not valid: expected {f.metadata['expect']}",
                 f"fix {key} in {source}",
             )
         values[name] = value
@@ -528,6 +646,11 @@ def read_yaml(text: str, source: str) -> Any:
     """Parse a smartbin YAML file (config, taxonomy), refusing aliases; an error names ``source``."""
     try:
         return yaml.load(text, Loader=NoAliasLoader)
+    except ValueError as exc:  # an integer of more digits than Python will convert (sys.int_info)
+        raise SmartbinError(
+            f"{source} holds a number too long to read: {str(exc)[:120]}",
+            "write numbers with at most a few dozen digits",
+        ) from None
     except yaml.YAMLError as exc:
         raise SmartbinError(
             f"{source} is not valid YAML: {exc}",

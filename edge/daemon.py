@@ -686,9 +686,8 @@ class Daemon:
         )
 
     def shutdown(self) -> None:
+        """Each part is let go on its own: one that fails (logged) never keeps the others open."""
         self.notifier.stopping(f"stopping; {self.sorted_this_run} items sorted this run")
-        if self._frame_shape is not None:
-            self._remember_tray(self._frame_shape, force=True)
         if self.pending is not None:
             log.warning(
                 "stopping with item %s (%s) still on the tray, not sorted and not counted",
@@ -703,18 +702,29 @@ class Daemon:
                 self.unrecorded.id[:8],
                 self.unrecorded.bin,
             )
-        elif getattr(self, "servo", None) is not None:
-            try:
-                self.servo.home()
-            except ActuatorFault as fault:
-                log.error("could not send the servo home before exit: %s", fault.reason)
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if self._frame_shape is not None:
+            steps.append(("keep the empty tray", lambda: self._remember_tray(self._frame_shape, force=True)))
         if getattr(self, "servo", None) is not None:
-            self.servo.close()
+            if self.unrecorded is None:
+                steps.append(("send the servo home", self._home_before_exit))
+            steps.append(("close the servo port", self.servo.close))
         if getattr(self, "camera", None) is not None:
-            self.camera.close()
+            steps.append(("close the camera", self.camera.close))
         if self.telemetry is not None:
-            self.telemetry.stop()
+            steps.append(("publish offline", self.telemetry.stop))
         if self.ledger is not None:
-            pid_file(self.config).unlink(missing_ok=True)
-            self.ledger.close()
+            steps.append(("remove the pid file", lambda: pid_file(self.config).unlink(missing_ok=True)))
+            steps.append(("close the ledger", self.ledger.close))
+        for what, step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("stopping: could not %s", what)
         log.info("stopped: %d items sorted this run", self.sorted_this_run)
+
+    def _home_before_exit(self) -> None:
+        try:
+            self.servo.home()
+        except ActuatorFault as fault:
+            log.error("could not send the servo home before exit: %s", fault.reason)

@@ -30,13 +30,12 @@ import cv2
 import numpy as np
 
 from edge.backoff import backoff_delay
-from edge.config import CameraConfig
+from edge.config import STREAM_SCHEMES, CameraConfig
 from edge.errors import SmartbinError
 from edge.images import IMAGE_SUFFIXES, list_images, read_image
 
 log = logging.getLogger(__name__)
 
-STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://")
 BLACK_LEVEL = 8  # brightest pixel of a frame with no signal at all
 
 

@@ -76,6 +76,14 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
     assert "alias *a0 is not allowed" in str(err.value) and "write repeated values out" in str(err.value)
 
 
+def test_a_number_too_long_to_read_is_a_clear_error(tmp_path):
+    p = tmp_path / "long.yaml"
+    p.write_text("servo:\n  speed: " + "9" * 5000 + "\n")
+    with pytest.raises(SmartbinError) as err:
+        load_config(p)
+    assert "number too long to read" in str(err.value) and str(p) in str(err.value)
+
+
 def test_a_binary_or_unreadable_file_is_a_clear_error(tmp_path):
     p = tmp_path / "smartbin.yaml"
     p.write_bytes(b"model:\n  threshold: 0.5\n\xff\xfe\x00\x81")

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -311,3 +312,18 @@ def test_every_test_docs_reliability_cites_exists():
     assert cited and files
     assert cited <= defined, cited - defined
     assert all((root / f).exists() for f in files), files
+
+
+def test_a_part_that_fails_to_close_never_keeps_the_others_open(tmp_path, emulator, caplog):
+    class Jammed(SimulatedTray):
+        def close(self) -> None:
+            raise RuntimeError("VIDIOC_STREAMOFF: Input/output error")
+
+    tray = Jammed(synthetic=1, fps=0)
+    emulator.on_move = tray.servo_moved
+    daemon = Daemon(config_for(tmp_path, emulator.port), opener=lambda cfg: tray)
+    assert daemon.run() == 0
+    assert "stopping: could not close the camera" in caplog.text
+    assert not daemon.telemetry._thread.is_alive()  # stopped after the camera failed to close
+    with pytest.raises(sqlite3.ProgrammingError):  # and the ledger closed
+        daemon.ledger.counts()
