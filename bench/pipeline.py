@@ -78,69 +78,72 @@ def run(
         )
         telemetry.start()
         wait_for(lambda: telemetry.connected, what="the broker")
-    times: dict[str, list[float]] = {s: [] for s in STAGES}
-    per_item, publish, bare_invoke = [], [], []
-    profiler = None
-    if profile:
-        from pyinstrument import Profiler
+    try:  # a failure must not leave mosquitto holding the caller's output pipe open
+        times: dict[str, list[float]] = {s: [] for s in STAGES}
+        per_item, publish, bare_invoke = [], [], []
+        profiler = None
+        if profile:
+            from pyinstrument import Profiler
 
-        profiler = Profiler()
-        profiler.start()
-    clock = time.perf_counter
-    for _ in photos:
-        item_start = clock()
-        probs = []
-        for _ in range(vote_frames):
-            t0 = clock()
-            frame = source.read()
-            t1 = clock()
-            trigger.update(frame)
-            t2 = clock()
-            tensor = classifier.input_tensor(frame)
-            t3 = clock()
-            probs.append(classifier.predict_tensor(tensor))
-            t4 = clock()
-            for stage, took in zip(STAGES[:4], (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                times[stage].append(took * 1000)
-        t5 = clock()
-        decision = decide(probs, classifier.labels, taxonomy)
-        t6 = clock()
-        servo.sort(decision.bin)
-        t7 = clock()
-        ledger.record(
-            SortedItem(
-                uuid.uuid4().hex,
-                time.time(),
-                decision.item,
-                decision.bin,
-                decision.confidence,
-                decision.uncertain,
-                (t7 - item_start) * 1000,
-                classifier.bundle.model_id,
+            profiler = Profiler()
+            profiler.start()
+        clock = time.perf_counter
+        for _ in photos:
+            item_start = clock()
+            probs = []
+            for _ in range(vote_frames):
+                t0 = clock()
+                frame = source.read()
+                t1 = clock()
+                trigger.update(frame)
+                t2 = clock()
+                tensor = classifier.input_tensor(frame)
+                t3 = clock()
+                probs.append(classifier.predict_tensor(tensor))
+                t4 = clock()
+                for stage, took in zip(STAGES[:4], (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                    times[stage].append(took * 1000)
+            t5 = clock()
+            decision = decide(probs, classifier.labels, taxonomy)
+            t6 = clock()
+            servo.tip(decision.bin)
+            servo.return_home()
+            t7 = clock()
+            ledger.record(
+                SortedItem(
+                    uuid.uuid4().hex,
+                    time.time(),
+                    decision.item,
+                    decision.bin,
+                    decision.confidence,
+                    decision.uncertain,
+                    (t7 - item_start) * 1000,
+                    classifier.bundle.model_id,
+                )
             )
-        )
-        t8 = clock()
-        for stage, took in zip(STAGES[4:], (t6 - t5, t7 - t6, t8 - t7)):
-            times[stage].append(took * 1000)
-        per_item.append((t8 - item_start) * 1000)
+            t8 = clock()
+            for stage, took in zip(STAGES[4:], (t6 - t5, t7 - t6, t8 - t7)):
+                times[stage].append(took * 1000)
+            per_item.append((t8 - item_start) * 1000)
+            if telemetry:
+                telemetry.notify()
+                wait_for(lambda: not ledger.pending(), what="PUBACK")
+                publish.append((clock() - t8) * 1000)
+        if profiler:
+            profiler.stop()
+            (REPO / "bench" / "results").mkdir(parents=True, exist_ok=True)
+            profiler.write_html(str(REPO / "bench" / "results" / "pipeline-profile.html"))
+            print(profiler.output_text(unicode=True, color=False, show_all=False)[:6000])
+        for _ in range(len(photos) * vote_frames):  # the model alone, on one of the same tensors
+            t0 = clock()
+            classifier.predict_tensor(tensor)
+            bare_invoke.append((clock() - t0) * 1000)
+    finally:
         if telemetry:
-            telemetry.notify()
-            wait_for(lambda: not ledger.pending(), what="PUBACK")
-            publish.append((clock() - t8) * 1000)
-    if profiler:
-        profiler.stop()
-        (REPO / "bench" / "results").mkdir(parents=True, exist_ok=True)
-        profiler.write_html(str(REPO / "bench" / "results" / "pipeline-profile.html"))
-        print(profiler.output_text(unicode=True, color=False, show_all=False)[:6000])
-    for _ in range(len(photos) * vote_frames):  # the model alone, on one of the same tensors
-        t0 = clock()
-        classifier.predict_tensor(tensor)
-        bare_invoke.append((clock() - t0) * 1000)
-    if telemetry:
-        telemetry.stop()
-        broker.stop()
-    emulator.stop()
-    ledger.close()
+            telemetry.stop()
+            broker.stop()
+        emulator.stop()
+        ledger.close()
     return {"times": times, "per_item": per_item, "publish": publish, "bare_invoke": bare_invoke}
 
 
