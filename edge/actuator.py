@@ -469,11 +469,11 @@ class ServoSupervisor:
             self.actuator = None
         return ActuatorFault(reason)
 
-    def _connected(self) -> Actuator:
+    def _connected(self, now: bool = False) -> Actuator:
         if self.actuator is not None:
             return self.actuator
         wait = self.retry_at - self.clock()
-        if wait > 0:
+        if wait > 0 and not now:
             raise ActuatorFault(f"servo controller offline ({self.fault}); next try in {wait:.1f} s")
         try:
             controller = self.connect()
@@ -527,9 +527,10 @@ class ServoSupervisor:
             self._failed(fault.reason)
             return []
 
-    def home(self) -> None:
-        """Connect if needed and send the tray home (at start, and before exit)."""
-        actuator = self._connected()
+    def home(self, now: bool = False) -> None:
+        """Connect if needed and send the tray home (at start, and before exit: ``now`` tries at once,
+        whatever the backoff, since there is no later)."""
+        actuator = self._connected(now)
         try:
             actuator.home()
         except ActuatorFault as fault:

@@ -20,7 +20,9 @@ an empty tray is refused.
 systemd: READY=1 once the camera, model, servo controller and ledger are up
 (or after ``sorting.ready_timeout_s`` with the missing part reported),
 WATCHDOG=1 from every turn of the loop, STATUS= with counts and faults.
-Signals: SIGTERM/SIGINT finish the current item, send the servo home, publish
+Signals: SIGTERM/SIGINT finish a move under way (tip, count, dwell, return),
+leave an item still being classified or waiting for the servo on the tray
+(sorted after the restart, never half-counted), send the servo home, publish
 ``offline`` and exit 0; SIGHUP reloads the config and taxonomy (an invalid
 one is refused and the running one kept); SIGUSR1, the MQTT sort command and the
 controller's button sort what is on the tray now.
@@ -695,6 +697,13 @@ class Daemon:
                 self.pending.decision.item,
             )
             # its move stays open: the next start resolves it from the controller and the tray
+        elif self.votes:
+            log.warning(
+                "stopping while classifying an item (%d of %d frames): it is left on the tray, not counted, "
+                "and sorted after the restart",
+                len(self.votes),
+                self.config.sorting.vote_frames,
+            )
         if self.unrecorded is not None:
             log.critical(
                 "stopping with item %s tipped into %s but not yet counted (the ledger refuses writes); the "
@@ -725,6 +734,6 @@ class Daemon:
 
     def _home_before_exit(self) -> None:
         try:
-            self.servo.home()
+            self.servo.home(now=True)
         except ActuatorFault as fault:
             log.error("could not send the servo home before exit: %s", fault.reason)

@@ -327,3 +327,74 @@ def test_a_part_that_fails_to_close_never_keeps_the_others_open(tmp_path, emulat
     assert not daemon.telemetry._thread.is_alive()  # stopped after the camera failed to close
     with pytest.raises(sqlite3.ProgrammingError):  # and the ledger closed
         daemon.ledger.counts()
+
+
+# -- a stop (SIGTERM) at each moment of an item -------------------------------------------------------
+
+
+def test_a_stop_while_the_tray_is_away_from_home_sends_it_home_before_exit(tmp_path, caplog):
+    """The return home failed (a servo fault, in its backoff); the stop must not wait for the backoff."""
+    tray = SimulatedTray(synthetic=1, fps=0)
+
+    def moved(channel, pulse_us):
+        tray.servo_moved(channel, pulse_us)
+        if tray.tipped:
+            emulator.mode = "stuck"
+
+    emulator = MaestroEmulator(on_move=moved)
+    config = config_for(tmp_path, emulator.port)
+    home = round(config.servo.home_us * 4)
+    daemon = Daemon(config, opener=lambda cfg: tray)
+    running = Running(daemon)
+    wait_for(lambda: "did not come back home" in caplog.text, what="the failed return home")
+    emulator.mode = "ok"  # the servo moves again; the daemon is still in its backoff
+    assert running.stop() == 0
+    emulator.stop()
+    assert emulator.positions[0] == home
+    assert sum(Ledger(config.ledger.path).counts().values()) == 1
+
+
+def test_a_stop_mid_vote_leaves_the_item_on_the_tray_and_it_is_sorted_once_after_the_restart(
+    tmp_path, emulator, caplog
+):
+    config = config_for(tmp_path, emulator.port)
+    config.sorting.vote_frames = 100  # a long vote, so that the stop lands in it
+    tray = SimulatedTray(synthetic=1, fps=30)
+    emulator.on_move = tray.servo_moved
+    daemon = Daemon(config, opener=lambda cfg: tray)
+    running = Running(daemon)
+    wait_for(lambda: len(daemon.votes) >= 3, 30, "a vote under way")
+    assert running.stop() == 0
+    assert "stopping while classifying an item" in caplog.text
+    assert bin_moves(emulator, config) == [] and Ledger(config.ledger.path).counts() == {}
+    assert tray.current is not None  # still on the tray
+    config.sorting.vote_frames = 3
+    seen = []
+    Daemon(config, opener=lambda cfg: tray, on_sorted=seen.append).run()
+    assert len(seen) == 1 and sum(Ledger(config.ledger.path).counts().values()) == 1
+
+
+def test_a_stop_while_a_move_is_being_retried_leaves_the_item_and_it_is_sorted_once_after_the_restart(
+    tmp_path, emulator, caplog
+):
+    caplog.set_level(logging.INFO)
+    emulator.mode = "stuck"  # the servo never reaches its target: the move is retried
+    config = config_for(tmp_path, emulator.port)
+    config.sorting.move_attempts = 100
+    tray = SimulatedTray(synthetic=1, fps=0)
+    emulator.on_move = tray.servo_moved
+    daemon = Daemon(config, opener=lambda cfg: tray)
+    running = Running(daemon)
+    wait_for(lambda: "attempt 1 of 100" in caplog.text, what="a failed first attempt")
+    assert running.stop() == 0
+    assert "still on the tray, not sorted and not counted" in caplog.text
+    ledger = Ledger(config.ledger.path)
+    assert ledger.counts() == {} and len(ledger.moving()) == 1
+    ledger.close()
+    emulator.mode = "ok"
+    seen = []
+    Daemon(config, opener=lambda cfg: tray, on_sorted=seen.append).run()
+    ledger = Ledger(config.ledger.path)
+    assert len(seen) == 1 and sum(ledger.counts().values()) == 1
+    assert ledger.moving() == [] and ledger.parked_items() == 0
+    assert "it will be sorted again" in caplog.text
