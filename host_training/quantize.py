@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from host_training.settings import TrainSettings
 
 
 def convert(model, calibration: np.ndarray, kind: str = "int8") -> bytes:
@@ -43,6 +46,20 @@ def parity(float_probs: np.ndarray, int8_probs: np.ndarray, true: np.ndarray) ->
         "int8_accuracy": int8_acc,
         "drop_points": 100 * (float_acc - int8_acc),
     }
+
+
+def parity_gate_failures(check: dict[str, float], settings: TrainSettings) -> list[str]:
+    """The settings of the parity gate that ``check`` (from :func:`parity`) fails; empty when it passes.
+
+    ``min_agreement``: int8 and float agree on the top item for fewer photos than this;
+    ``max_int8_drop``: int8 loses more accuracy points than this. Exactly at a limit passes.
+    """
+    failures = []
+    if check["agreement"] < settings.min_agreement:
+        failures.append("min_agreement")
+    if check["drop_points"] > settings.max_int8_drop:
+        failures.append("max_int8_drop")
+    return failures
 
 
 def predict_int8(classifier, pixels: np.ndarray, progress: Callable | None = None) -> np.ndarray:

@@ -41,7 +41,7 @@ from host_training.features import (
     prepared_batches,
     view_offsets,
 )
-from host_training.quantize import convert, parity, predict_int8
+from host_training.quantize import convert, parity, parity_gate_failures, predict_int8
 from host_training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -581,7 +581,7 @@ def run(settings: TrainSettings) -> Path:
 
     rep = report.write(out, settings, split, result, meta, timing)
     check = result["parity"]
-    if check["agreement"] < settings.min_agreement or check["drop_points"] > settings.max_int8_drop:
+    if parity_gate_failures(check, settings):
         raise ParityError(
             f"int8 model fails the parity check: top-1 agreement {check['agreement']:.2%} "
             f"(minimum {settings.min_agreement:.2%}), accuracy drop {check['drop_points']:.2f} "

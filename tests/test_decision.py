@@ -113,6 +113,21 @@ def test_the_summed_bin_wins_over_the_top_items_bin():
     # top item battery (0.4) but recyclable as a whole has 0.6: the bin of the top item is not the answer
     d = decide(probs(battery=0.4, paper=0.3, metal=0.3), LABELS, TAX, threshold=0.0)
     assert d.item == "battery" and d.bin == "recyclable"
+    assert d.most_probable_bin == "recyclable" and not d.cost_rule
+    assert d.confidence == pytest.approx(0.6) and d.item_confidence == pytest.approx(0.4)
+
+
+def test_the_threshold_is_on_the_summed_bin_not_the_top_items_bin():
+    # the top item's bin (hazardous, 0.4) is below 0.5, the summed bin (recyclable, 0.6) is not
+    d = decide(probs(battery=0.4, paper=0.3, metal=0.3), LABELS, TAX, threshold=0.5)
+    assert d.bin == "recyclable" and not d.uncertain
+    assert d.most_probable_bin == "recyclable" and not d.cost_rule
+
+
+def test_the_threshold_is_on_the_most_probable_bin_when_the_costs_choose_another():
+    # the costs move the item to hazardous (0.4), but recyclable (0.6) clears the threshold: not uncertain
+    d = decide(probs(battery=0.4, paper=0.6), LABELS, with_costs(hazard_costly()), threshold=0.5)
+    assert d.bin == "hazardous" and d.cost_rule and not d.uncertain
 
 
 def test_a_costly_hazardous_miss_flips_a_40_percent_hazardous_item():
@@ -138,8 +153,11 @@ def test_an_uncertain_item_the_costs_moved_keeps_the_costs_bin():
     assert d.uncertain and not d.cost_rule and d.bin == "other"
 
 
-def test_threshold_boundary_is_not_uncertain():
-    d = decide(probs(paper=0.75, peel=0.25), LABELS, TAX, threshold=0.75)
+# 0.75 exactly, from one item or summed from two (0.5 + 0.25 is exact in float32)
+@pytest.mark.parametrize("p", [probs(paper=0.75, peel=0.25), probs(paper=0.5, metal=0.25, peel=0.25)])
+def test_threshold_boundary_is_not_uncertain(p):
+    d = decide(p, LABELS, TAX, threshold=0.75)
+    assert d.confidence == 0.75
     assert not d.uncertain and d.bin == "recyclable"
-    d = decide(probs(paper=0.75, peel=0.25), LABELS, TAX, threshold=0.7501)
+    d = decide(p, LABELS, TAX, threshold=0.7501)
     assert d.uncertain and d.bin == "other"
