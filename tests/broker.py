@@ -61,6 +61,24 @@ class Broker:
         wait_for(accepting, what=f"mosquitto on port {self.port}")
         return self
 
+    def wait_for_autosave(self, timeout_s: float = 5.0) -> None:
+        """Until the broker has written its persistence file anew, after this call began: what it held
+        by then (a subscriber's persistent session, say) survives a SIGKILL. Mosquitto saves every
+        ``autosave_interval`` s whether or not anything changed (every 2 s in practice: it waits for the
+        interval to have fully passed in whole seconds). A file's time stamp comes from a coarse clock
+        that lags the real one, so a save in the first milliseconds may be missed: then the next one counts.
+        """
+        store = self.folder / "mosquitto.db"
+        since = time.time_ns()
+
+        def saved() -> bool:
+            try:
+                return store.stat().st_mtime_ns > since
+            except FileNotFoundError:
+                return False
+
+        wait_for(saved, timeout_s, what=f"mosquitto's autosave to {store}")
+
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()

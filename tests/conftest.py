@@ -1,4 +1,10 @@
-"""Shared fixtures: real photos from ../shared, a tiny real training run, the shipped bundle."""
+"""Shared fixtures: real photos from ../shared, a tiny real training run, the shipped bundle.
+
+The photos are in ``../shared/datasets`` beside the checkout, the ImageNet weights in
+``../shared/weights``. ``SMARTBIN_DATA`` moves both: it names the datasets folder, and the weights
+are looked for in ``weights/`` beside it (its parent's), as ../shared lays them out.
+``SMARTBIN_WEIGHTS`` (the weights file itself, as ``smartbin-train`` reads it) overrides that.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("SMARTBIN_DATA", REPO.parent / "shared" / "datasets"))
+SHARED = Path(os.environ.get("SMARTBIN_DATA") or REPO.parent / "shared" / "datasets")
 GARBAGE12 = SHARED / "garbage12"
 GARBAGE26CN = SHARED / "garbage26cn"
 TRASHNET = SHARED / "trashnet-trash"
-WEIGHTS = (
-    REPO.parent / "shared" / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+WEIGHTS = Path(
+    os.environ.get("SMARTBIN_WEIGHTS")
+    or SHARED.parent / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 )
 SHIPPED = REPO / "models" / "household34-mnv2"
 TINY_CLASSES = ("battery", "biological", "clothes")
@@ -25,7 +32,9 @@ TINY_LABELS = sorted({*TINY_CLASSES, *TINY_CN_CLASSES, "trash"})
 needs_data = pytest.mark.skipif(
     not GARBAGE12.is_dir(), reason=f"real photos absent: {GARBAGE12} (set SMARTBIN_DATA)"
 )
-needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"ImageNet weights absent: {WEIGHTS}")
+needs_weights = pytest.mark.skipif(
+    not WEIGHTS.is_file(), reason=f"ImageNet weights absent: {WEIGHTS} (set SMARTBIN_WEIGHTS)"
+)
 
 
 def real_photos(label: str, n: int, source: Path = GARBAGE12) -> list[Path]:

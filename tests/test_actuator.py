@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 import threading
-import time
 
 import pytest
 
@@ -28,6 +27,7 @@ from edge.actuator import (
 from edge.backoff import backoff_delay
 from edge.errors import SmartbinError
 from edge.servo_emulator import LineEmulator, MaestroEmulator
+from tests.broker import wait_for
 
 CAL = Calibration(
     channel=0,
@@ -241,7 +241,7 @@ def test_supervisor_survives_an_unplug_and_reconnects_through_the_stable_path(tm
     second = MaestroEmulator()
     by_id.unlink()
     by_id.symlink_to(second.port)
-    time.sleep(0.25)
+    wait_for(lambda: supervisor.ready, timeout_s=2, what="the reconnection backoff to pass")
     supervisor.tip("other")
     assert supervisor.fault is None
     assert [c[0] for c in second.commands].count(
@@ -276,7 +276,7 @@ def test_button_events_are_kept_whether_they_arrive_between_or_before_replies():
     emu = LineEmulator()
     controller = LineController(Link(emu.port, 115200, 0.5))
     emu.press()
-    time.sleep(0.1)
+    wait_for(lambda: controller.link.port.in_waiting >= len(b"EVT BUTTON\n"), what="the event on the line")
     controller.move(0, 1500, 1.0)  # the event waiting on the line is not taken for the reply
     assert controller.events() == ["BUTTON"]
     emu.mode = "event_first"

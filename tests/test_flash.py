@@ -4,7 +4,9 @@ systemd cannot run here, so SMARTBIN_SYSTEMCTL points at a stand-in: `restart` r
 release's own `smartbin check` on the installed config (model and ledger), and `is-active` reports
 whether that passed. Everything else is real: ssh, the wheels built and fetched for this machine's
 CPU and Python, the venv, useradd, the config writer, the atomic switch and the rollback.
-The tests run in order; each starts from the bin the previous one left.
+Each test has a bin of its own, whatever ran before it and in whichever order: an empty one
+(``empty_bin``), or one a fresh deploy has just installed (``deployed_bin``: that deploy runs once per
+module, and each test gets the bin restored as it left it). The sshd is shared: it keeps no state.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.broker import free_port, wait_for
 from tests.conftest import REPO, SHIPPED
@@ -128,18 +130,50 @@ class Bin:
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("flash")
-    sshd = Sshd(folder / "sshd")
+def sshd(tmp_path_factory):
+    server = Sshd(tmp_path_factory.mktemp("flash") / "sshd")
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def empty_bin(sshd, tmp_path):
+    """(sshd, a bin nothing was ever deployed to)."""
+    return sshd, Bin(tmp_path / "bin")
+
+
+FRESH_DEPLOY = ("--yes", "--device-id", "bin-07", "--health-timeout", "1")
+
+
+@pytest.fixture(scope="module")
+def first_deploy(sshd, tmp_path_factory):
+    """One fresh deploy (``FRESH_DEPLOY``) to an empty bin, once per module: the bin, what flash.sh
+    answered, and a copy of the bin as the deploy left it."""
+    folder = tmp_path_factory.mktemp("deployed")
     device = Bin(folder / "bin")
-    yield sshd, device, folder
-    sshd.stop()
+    result = flash((sshd, device), *FRESH_DEPLOY)
+    pristine = folder / "pristine"
+    subprocess.run(["cp", "-a", str(device.root), str(pristine)], check=True)
+    return device, result, pristine
+
+
+@pytest.fixture()
+def deployed_bin(sshd, first_deploy):
+    """(sshd, the bin right after the fresh deploy), as that deploy left it, whatever tests used it
+    before: put back from the copy at the same path, since the venv and the config name it, with its
+    contents, modes, owners and times (``cp -a``)."""
+    device, result, pristine = first_deploy
+    assert result.returncode == 0, "the fresh deploy failed:\n" + result.stdout + result.stderr
+    shutil.rmtree(device.root)
+    subprocess.run(["cp", "-a", str(pristine), str(device.root)], check=True)
+    return sshd, device
 
 
 def flash(
-    rig, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+    rig: tuple[Sshd, Bin], *args: str, stdin: str | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    sshd, device, _ = rig
+    """deploy/flash.sh over the rig's sshd, into the rig's bin."""
+    sshd, device = rig
     env = {
         **os.environ,
         "SMARTBIN_PREFIX": str(device.root),
@@ -184,26 +218,26 @@ def test_help_is_written_for_a_technician():
         assert words in result.stdout
 
 
-def test_bad_arguments_stop_before_anything_happens(rig):
-    result = flash(rig, "--model", "/nowhere")
+def test_bad_arguments_stop_before_anything_happens(empty_bin):
+    result = flash(empty_bin, "--model", "/nowhere")
     assert result.returncode == 2 and "is not a model bundle" in result.stderr and "fix:" in result.stderr
-    result = flash(rig, "--keep", "0")
+    result = flash(empty_bin, "--keep", "0")
     assert result.returncode == 2 and "--keep 0" in result.stderr
 
 
-def test_without_yes_and_without_a_terminal_it_refuses_to_change_the_bin(rig):
-    _, device, _ = rig
+def test_without_yes_and_without_a_terminal_it_refuses_to_change_the_bin(empty_bin):
+    _, device = empty_bin
     before = device.snapshot()
-    result = flash(rig)
+    result = flash(empty_bin)
     assert result.returncode == 2 and "pass --yes" in result.stderr
     assert device.snapshot() == before
 
 
-def test_dry_run_prints_every_step_and_touches_nothing(rig):
-    _, device, folder = rig
+def test_dry_run_prints_every_step_and_touches_nothing(empty_bin):
+    _, device = empty_bin
     before = device.snapshot()
     builds = set((REPO / "build" / "release").glob("*")) if (REPO / "build" / "release").exists() else set()
-    result = flash(rig, "--dry-run")
+    result = flash(empty_bin, "--dry-run")
     assert result.returncode == 0, result.stderr
     for words in (
         "would: python3 -m venv --system-site-packages",
@@ -218,9 +252,10 @@ def test_dry_run_prints_every_step_and_touches_nothing(rig):
     assert after == builds
 
 
-def test_a_fresh_deploy_installs_release_user_unit_config_and_is_healthy(rig):
-    _, device, _ = rig
-    result = flash(rig, "--yes", "--device-id", "bin-07", "--health-timeout", "1")
+def test_a_fresh_deploy_installs_release_user_unit_config_and_is_healthy(first_deploy, deployed_bin):
+    """``first_deploy`` ran ``FRESH_DEPLOY`` on an empty bin; ``deployed_bin`` is that bin as it left it."""
+    _, result, _ = first_deploy
+    _, device = deployed_bin
     assert result.returncode == 0, result.stdout + result.stderr
     release = device.current()
     assert (device.root / "opt/smartbin/releases" / release / ".complete").exists()
@@ -230,19 +265,21 @@ def test_a_fresh_deploy_installs_release_user_unit_config_and_is_healthy(rig):
     assert "smartbin:x:" in (device.root / "etc/passwd").read_text()
     groups = (device.root / "etc/group").read_text()
     assert "dialout:x:20:smartbin" in groups and "video:x:44:smartbin" in groups
-    config = (device.root / "etc/smartbin/smartbin.yaml").read_text()
-    assert "device_id: bin-07" in config and f"bundle: {device.root}/opt/smartbin/current/model" in config
+    # parsed, not searched as text: the config writer folds a value past 80 columns onto the next line
+    config = yaml.safe_load((device.root / "etc/smartbin/smartbin.yaml").read_text())
+    assert config["device_id"] == "bin-07"
+    assert config["model"]["bundle"] == f"{device.root}/opt/smartbin/current/model"
     assert oct((device.root / "etc/smartbin/smartbin.yaml").stat().st_mode)[-3:] == "640"
     assert "restart smartbin" in (device.root / "systemctl.log").read_text()
     assert "ok    model" in (device.root / "check.log").read_text()
     assert device.log()[-1].endswith(f"deploy {release}: ok")
 
 
-def test_a_redeploy_changes_nothing(rig):
-    _, device, _ = rig
+def test_a_redeploy_changes_nothing(deployed_bin):
+    _, device = deployed_bin
     before = device.snapshot()
     calls = (device.root / "systemctl.log").read_text()
-    result = flash(rig, "--yes", "--health-timeout", "1")
+    result = flash(deployed_bin, "--yes", "--health-timeout", "1")
     assert result.returncode == 0, result.stdout + result.stderr
     assert (
         "already on the bin: nothing to build or copy" in result.stdout and "nothing changed" in result.stdout
@@ -252,11 +289,16 @@ def test_a_redeploy_changes_nothing(rig):
     assert device.log()[-1].endswith("nothing changed") and len(device.log()) == 2
 
 
-def test_a_release_that_fails_its_health_check_is_rolled_back(rig):
-    _, device, folder = rig
+def test_a_release_that_fails_its_health_check_is_rolled_back(deployed_bin, tmp_path):
+    _, device = deployed_bin
     first = device.current()
     result = flash(
-        rig, "--yes", "--health-timeout", "1", "--model", str(bundle_copy(folder, "broken", corrupt=True))
+        deployed_bin,
+        "--yes",
+        "--health-timeout",
+        "1",
+        "--model",
+        str(bundle_copy(tmp_path, "broken", corrupt=True)),
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "failed its health check" in result.stderr and f"roll back to {first}" in result.stdout
@@ -265,32 +307,33 @@ def test_a_release_that_fails_its_health_check_is_rolled_back(rig):
     assert (device.root / "state").read_text().strip() == "active"  # the old release runs again
 
 
-def test_a_second_release_then_rollback_by_hand(rig):
-    _, device, folder = rig
+def test_a_second_release_then_rollback_by_hand(deployed_bin, tmp_path):
+    _, device = deployed_bin
     first = device.current()
-    result = flash(rig, "--yes", "--health-timeout", "1", "--model", str(bundle_copy(folder, "second")))
+    result = flash(
+        deployed_bin, "--yes", "--health-timeout", "1", "--model", str(bundle_copy(tmp_path, "second"))
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     second = device.current()
     assert second != first and device.previous() == first
     assert "keep the bin's config" in result.stdout  # never overwritten
-    result = flash(rig, "--yes", "--rollback", "--health-timeout", "1")
+    result = flash(deployed_bin, "--yes", "--rollback", "--health-timeout", "1")
     assert result.returncode == 0, result.stdout + result.stderr
     assert device.current() == first and device.previous() == second
     assert device.log()[-1].endswith(f"rollback {second} -> {first}: ok")
 
 
-def test_config_is_replaced_only_on_purpose_and_the_old_one_kept(rig):
-    _, device, folder = rig
+def test_config_is_replaced_only_on_purpose_and_the_old_one_kept(deployed_bin, tmp_path):
+    _, device = deployed_bin
     old = (device.root / "etc/smartbin/smartbin.yaml").read_text()
-    bad = folder / "bad.yaml"
+    bad = tmp_path / "bad.yaml"
     bad.write_text("trigger: {area: 7}\n")
-    result = flash(rig, "--yes", "--health-timeout", "1", "--config", str(bad))
+    result = flash(deployed_bin, "--yes", "--health-timeout", "1", "--config", str(bad))
     assert result.returncode == 2 and "trigger.area" in result.stdout + result.stderr
     assert (device.root / "etc/smartbin/smartbin.yaml").read_text() == old
-    good = folder / "good.yaml"
+    good = tmp_path / "good.yaml"
     good.write_text(f"device_id: bin-07b\nmodel: {{bundle: {device.root}/opt/smartbin/current/model}}\n")
-    time.sleep(1)  # the backup is named by the second
-    result = flash(rig, "--yes", "--health-timeout", "1", "--config", str(good))
+    result = flash(deployed_bin, "--yes", "--health-timeout", "1", "--config", str(good))
     assert result.returncode == 0, result.stdout + result.stderr
     assert (device.root / "etc/smartbin/smartbin.yaml").read_text() == good.read_text()
     (backup,) = (device.root / "etc/smartbin").glob("smartbin.yaml.*.bak")
@@ -306,23 +349,23 @@ def debian_python_has_opencv() -> bool:
     return subprocess.run([DEBIAN_PYTHON, "-c", "import cv2"], capture_output=True).returncode == 0
 
 
-def test_system_opencv_refuses_a_bin_without_opencv(rig):
-    _, device, folder = rig
+def test_system_opencv_refuses_a_bin_without_opencv(empty_bin, tmp_path):
+    _, device = empty_bin
     before = device.snapshot()
-    bare = folder / "python-without-site"
+    bare = tmp_path / "python-without-site"
     bare.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')  # no site packages, so no cv2
     bare.chmod(0o755)
-    result = flash(rig, "--yes", "--system-opencv", env={"SMARTBIN_PYTHON": str(bare)})
+    result = flash(empty_bin, "--yes", "--system-opencv", env={"SMARTBIN_PYTHON": str(bare)})
     assert result.returncode == 2
     assert "cannot import cv2" in result.stderr and "apt install python3-opencv" in result.stderr
     assert device.snapshot() == before
 
 
 @pytest.mark.skipif(not debian_python_has_opencv(), reason="python3-opencv absent: scripts/test installs it")
-def test_system_opencv_installs_on_the_bins_opencv_and_numpy_and_reads_gstreamer(rig):
-    _, device, folder = rig
+def test_system_opencv_installs_on_the_bins_opencv_and_numpy_and_reads_gstreamer(empty_bin, tmp_path):
+    _, device = empty_bin
     result = flash(
-        rig, "--yes", "--system-opencv", "--health-timeout", "1", env={"SMARTBIN_PYTHON": DEBIAN_PYTHON}
+        empty_bin, "--yes", "--system-opencv", "--health-timeout", "1", env={"SMARTBIN_PYTHON": DEBIAN_PYTHON}
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "the bin's OpenCV" in result.stdout and "GStreamer: YES" in result.stdout
@@ -338,7 +381,7 @@ def test_system_opencv_installs_on_the_bins_opencv_and_numpy_and_reads_gstreamer
     assert found.returncode == 0, found.stderr
     assert all(line.startswith("/usr/lib/python3/dist-packages/") for line in found.stdout.split())
     # the installed smartbin reads a GStreamer pipeline, which the pip wheel cannot
-    config = folder / "gstreamer.yaml"
+    config = tmp_path / "gstreamer.yaml"
     pipeline = "videotestsrc ! video/x-raw,width=640,height=480 ! videoconvert ! appsink"
     config.write_text(f'camera: {{source: "{pipeline}"}}\n')
     check = subprocess.run(

@@ -61,6 +61,22 @@ def test_acknowledged_messages_leave_the_outbox_in_order(tmp_path):
     assert [p.seq for p in ledger.pending()] == [p.seq for p in pending[2:]]
 
 
+def test_acknowledging_one_message_leaves_every_other_pending(tmp_path):
+    """PUBACKs arrive out of order: one in the middle of the outbox takes that row only, not the older."""
+    ledger = Ledger(tmp_path / "l.db")
+    for n, bin_id in enumerate(("kitchen", "other", "hazardous", "recyclable", "kitchen")):
+        ledger.record(item(bin_id, n))
+    before = ledger.pending()
+    assert len(before) == 9  # five events, four bins' counts
+    middle = before[4]
+    ledger.acknowledge(middle.seq)
+    assert ledger.pending() == [p for p in before if p.seq != middle.seq]
+    ledger.acknowledge(before[-1].seq)  # the newest: still nothing older goes with it
+    assert ledger.pending() == [p for p in before[:-1] if p.seq != middle.seq]
+    ledger.acknowledge(middle.seq)  # a duplicate PUBACK changes nothing
+    assert len(ledger.pending()) == 7
+
+
 def test_counts_survive_a_restart(tmp_path):
     ledger = Ledger(tmp_path / "l.db")
     for n in range(5):
