@@ -64,6 +64,23 @@ def test_empty_tray_decides_nothing():
     assert d.empty and d.bin is None and d.item == "empty"
 
 
+def test_an_empty_tray_decision_carries_the_empty_labels_probability_and_the_vote():
+    frames = [probs(empty=0.9, paper=0.1), probs(empty=0.7, paper=0.3)]
+    d = decide(frames, LABELS, TAX, threshold=0.95, top_k=2)
+    assert d.empty and d.uncertain is False and d.bin_probs == {}
+    assert d.confidence == pytest.approx(0.8) and d.item_confidence == pytest.approx(0.8)
+    assert [k for k, _ in d.top_items] == ["empty", "paper"] and d.frames == 2
+
+
+def test_all_mass_on_ignored_labels_gives_zero_bin_probabilities_not_a_division_by_zero():
+    assert bin_probabilities(probs(empty=1.0), LABELS, TAX) == dict.fromkeys(TAX.bin_ids, 0.0)
+
+
+def test_the_decision_keeps_the_summed_bin_probabilities():
+    d = decide(probs(paper=0.3, metal=0.3, battery=0.4), LABELS, TAX, threshold=0.5)
+    assert d.bin_probs == pytest.approx({"recyclable": 0.6, "kitchen": 0.0, "hazardous": 0.4, "other": 0.0})
+
+
 def test_empty_mass_is_left_out_of_bin_confidence():
     d = decide(probs(empty=0.3, paper=0.4, peel=0.3), LABELS, TAX, threshold=0.5)
     assert d.bin == "recyclable"
