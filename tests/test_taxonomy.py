@@ -144,8 +144,103 @@ def test_bad_costs_are_refused_with_the_key_and_the_fix(change, words):
     assert text.startswith("t.yaml: ")
     for word in words:
         assert word in text
+    assert err.value.fix
 
 
 def test_costs_that_are_not_a_mapping_are_refused():
-    with pytest.raises(SmartbinError, match="'costs' is not a mapping"):
+    with pytest.raises(SmartbinError, match="'costs' is not a mapping") as err:
         costed([1, 2])
+    assert "one row per true bin" in err.value.fix
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (["recyclable", "other"], ["t.yaml: is not a mapping"]),
+        ({**base(), "bins": {"recyclable": 3, "other": {}}}, ["t.yaml: bins.recyclable is not a mapping"]),
+        ({**base(), "items": ["paper"]}, ["t.yaml: 'items' is not a mapping"]),
+        ({**base(), "ignore": "empty"}, ["t.yaml: 'ignore' is not a list"]),
+    ],
+)
+def test_a_taxonomy_of_the_wrong_shape_is_refused_with_a_fix(data, words):
+    with pytest.raises(SmartbinError) as err:
+        parse_taxonomy(data, source="t.yaml")
+    for word in words:
+        assert word in str(err.value)
+    assert err.value.fix
+
+
+def test_names_and_local_names_are_kept_and_defaulted():
+    tax = load_taxonomy(DEFAULT)
+    assert tax.name == "cn-4bin" and tax.description
+    assert tax.bins["hazardous"].name == "Hazardous" and tax.bins["hazardous"].local_name == "有害垃圾"
+    bare = parse_taxonomy({"bins": {"recyclable": None, "other": {}}, "default_bin": "other"})
+    assert bare.name == "unnamed" and bare.description == ""
+    assert bare.bins["recyclable"].name == "recyclable" and bare.bins["recyclable"].local_name == ""
+
+
+def test_without_costs_every_mistake_costs_one():
+    tax = parse_taxonomy({**base(), "costs": None})
+    assert tax.costs is None
+    assert tax.cost("recyclable", "recyclable") == 0.0 and tax.cost("recyclable", "other") == 1.0
+
+
+def test_uncovered_labels_are_the_unmapped_not_the_ignored():
+    tax = parse_taxonomy({**base(), "ignore": ["empty"]})
+    assert tax.uncovered(["paper", "empty", "never-heard-of-it"]) == ["never-heard-of-it"]
+
+
+def test_a_cost_row_that_is_not_a_mapping_is_refused():
+    costs = full_costs()
+    costs["other"] = 3
+    with pytest.raises(SmartbinError) as err:
+        costed(costs)
+    assert "costs.other is not a mapping" in str(err.value) and err.value.fix
+
+
+@pytest.mark.parametrize("value, ok", [(1e6, True), (1e6 + 1, False)])
+def test_the_largest_cost_is_a_million(value, ok):
+    costs = full_costs()
+    costs["hazardous"]["other"] = value
+    if ok:
+        assert costed(costs).cost("hazardous", "other") == value
+    else:
+        with pytest.raises(SmartbinError, match="out of range"):
+            costed(costs)
+
+
+def test_only_the_part_of_the_costs_that_is_wrong_is_named():
+    costs = full_costs()
+    costs.pop("kitchen")
+    with pytest.raises(SmartbinError) as err:
+        costed(costs)
+    assert "unknown" not in str(err.value)
+    costs = {**full_costs(), "glass": {"other": 1}}
+    with pytest.raises(SmartbinError) as err:
+        costed(costs)
+    assert "no row" not in str(err.value)
+
+
+def test_a_taxonomy_file_that_is_missing_or_not_text_names_the_file_and_the_fix(tmp_path):
+    with pytest.raises(SmartbinError) as err:
+        load_taxonomy(tmp_path / "nope.yaml")
+    assert str(tmp_path / "nope.yaml") in err.value.problem and "model.taxonomy" in err.value.fix
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bins")
+    with pytest.raises(SmartbinError) as err:
+        load_taxonomy(binary)
+    assert f"taxonomy file {binary} cannot be read as UTF-8 text" in err.value.problem
+    assert "model.taxonomy" in err.value.fix
+
+
+def test_errors_in_a_taxonomy_file_name_the_file(tmp_path):
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("name: x\nbins: {other: {}}\ndefault_bin: landfill\n")
+    with pytest.raises(SmartbinError) as err:
+        load_taxonomy(wrong)
+    assert err.value.problem.startswith(f"{wrong}: default_bin 'landfill'")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("bins: [unclosed\n")
+    with pytest.raises(SmartbinError) as err:
+        load_taxonomy(broken)
+    assert err.value.problem.startswith(f"taxonomy file {broken} is not valid YAML")
