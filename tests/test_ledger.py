@@ -278,3 +278,81 @@ def test_the_ledger_is_found_where_the_service_keeps_it(tmp_path, monkeypatch):
     assert ledger_module.default_path() == service / "ledger.db"
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "systemd"))
     assert ledger_module.default_path() == tmp_path / "systemd" / "ledger.db"
+
+
+def test_a_move_is_written_ahead_and_ended_by_its_count_or_by_parking(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    first, second, third = item("kitchen", 2), item("hazardous", 1), item("other", 3)
+    for it in (first, second, third):
+        ledger.begin_move(it)
+    ledger.begin_move(first)  # written again (a retried move): still one open move
+    assert ledger.moving() == [second, first, third]  # oldest first, the whole item kept
+    assert ledger.counts() == {} and ledger.pending() == []  # a move is not a count
+    ledger.record(first)
+    ledger.end_move(second.id, parked=True)
+    ledger.end_move(third.id, parked=False)  # still on the tray: it will be sorted again
+    again = Ledger(tmp_path / "l.db")
+    assert again.moving() == [] and again.counts() == {"kitchen": 1} and again.parked_items() == 1
+
+
+def test_the_outbox_bound_drops_nothing_at_the_bound_and_one_past_it(tmp_path):
+    ledger = Ledger(tmp_path / "l.db", max_pending_events=2)
+    ledger.record(item("other", 0))
+    ledger.record(item("other", 1))
+    assert ledger.dropped_events() == 0 and len([p for p in ledger.pending() if p.kind == "event"]) == 2
+    ledger.record(item("other", 2))
+    assert ledger.dropped_events() == 1 and len([p for p in ledger.pending() if p.kind == "event"]) == 2
+
+
+def test_events_read_back_as_they_were_recorded(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    recorded = [
+        dataclasses.replace(item("hazardous", 1), uncertain=True, most_probable_bin="other", cost_rule=True),
+        item("kitchen", 2),
+    ]
+    for it in recorded:
+        ledger.record(it)
+    assert ledger.events() == recorded[::-1]  # newest first
+    assert ledger.events(limit=1) == [recorded[1]]
+    event = json.loads(next(p.payload for p in ledger.pending() if p.key == recorded[0].id))
+    assert event == dataclasses.asdict(recorded[0])
+
+
+def test_open_ledger_takes_the_configured_bounds_and_makes_its_folder(tmp_path):
+    from edge.config import LedgerConfig
+    from edge.ledger import open_ledger
+
+    path = tmp_path / "state" / "nested" / "ledger.db"
+    ledger = open_ledger(LedgerConfig(path=str(path), max_pending_events=7, keep_events=9))
+    assert ledger.path == path and path.exists()
+    assert (ledger.max_pending_events, ledger.keep_events) == (7, 9)
+
+
+def test_a_ledger_that_cannot_be_created_names_it_and_the_fix(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SmartbinError) as err:
+        Ledger(blocker / "ledger.db")
+    assert str(blocker / "ledger.db") in err.value.problem and "ledger.path" in err.value.fix
+
+
+def test_the_ledger_is_written_from_another_thread(tmp_path):
+    """Telemetry acknowledges from its own thread."""
+    import threading
+
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.record(item())
+    seq = ledger.pending()[0].seq
+    worker = threading.Thread(target=ledger.acknowledge, args=(seq,))
+    worker.start()
+    worker.join()
+    assert [p.seq for p in ledger.pending()] == [seq + 1]
+
+
+def test_a_lowered_bound_drops_every_event_past_it_at_once(tmp_path):
+    ledger = Ledger(tmp_path / "l.db", max_pending_events=10)
+    for n in range(5):
+        ledger.record(item("other", n))
+    lowered = Ledger(tmp_path / "l.db", max_pending_events=2)
+    lowered.record(item("other", 5))
+    assert lowered.dropped_events() == 4
