@@ -181,15 +181,17 @@ def test_a_newer_schema_is_refused_untouched(tmp_path):
     db = sqlite3.connect(path)
     db.execute("PRAGMA user_version = 99")
     db.close()
-    with pytest.raises(SmartbinError, match="schema version 99, newer"):
+    with pytest.raises(SmartbinError, match="schema version 99, newer") as err:
         Ledger(path)
+    assert "update smartbin" in err.value.fix
 
 
 def test_a_corrupt_file_is_one_clear_error(tmp_path):
     path = tmp_path / "l.db"
     path.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(SmartbinError, match="cannot be opened"):
+    with pytest.raises(SmartbinError, match="cannot be opened") as err:
         Ledger(path)
+    assert "moved aside" in err.value.fix
 
 
 WRITER = """
@@ -278,6 +280,9 @@ def test_the_ledger_is_found_where_the_service_keeps_it(tmp_path, monkeypatch):
     assert ledger_module.default_path() == service / "ledger.db"
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "systemd"))
     assert ledger_module.default_path() == tmp_path / "systemd" / "ledger.db"
+    # several StateDirectory= entries: systemd joins them with ':'; the ledger goes in the first
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path / 'first'}:{tmp_path / 'second'}")
+    assert ledger_module.default_path() == tmp_path / "first" / "ledger.db"
 
 
 def test_a_move_is_written_ahead_and_ended_by_its_count_or_by_parking(tmp_path):
