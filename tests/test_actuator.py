@@ -284,3 +284,88 @@ def test_button_events_are_kept_whether_they_arrive_between_or_before_replies():
     assert controller.events() == ["BUTTON"] and emu.positions[0] == 1600
     assert controller.events() == []
     emu.stop()
+
+
+# --- opening the configured controller, and where it holds the tray --------------------
+
+
+def test_open_controller_sets_the_maestros_speed_and_acceleration_on_its_own_board():
+    from edge.actuator import open_controller
+    from edge.config import ServoConfig
+
+    emu = MaestroEmulator(device=12)
+    try:
+        cfg = ServoConfig(
+            port=emu.port, device_number=12, channel=2, speed=20, acceleration=5, tolerance_us=4
+        )
+        controller = open_controller(cfg)
+        wait_for(lambda: len(emu.commands) >= 2, what="speed and acceleration")
+        assert emu.commands[:2] == [set_speed(2, 20, 12), set_acceleration(2, 5, 12)]  # addressed to #12
+        assert isinstance(controller, MaestroController)
+        assert (controller.device, controller.tolerance_us) == (12, 4)
+        controller.close()
+    finally:
+        emu.stop()
+
+
+def test_open_controller_waits_for_a_line_controller_and_gives_up_on_a_silent_one():
+    from edge.actuator import open_controller
+    from edge.config import ServoConfig
+
+    emu = LineEmulator()
+    try:
+        controller = open_controller(ServoConfig(port=emu.port, protocol="line", startup_s=0.5))
+        assert isinstance(controller, LineController) and emu.lines[0] == "PING"
+        controller.close()
+        emu.mode = "silent"
+        with pytest.raises(ActuatorFault, match="sent nothing for PING"):
+            open_controller(ServoConfig(port=emu.port, protocol="line", startup_s=0.3, reply_timeout_s=0.1))
+    finally:
+        emu.stop()
+
+
+def test_the_calibration_is_the_configs_and_knows_a_bins_position_within_the_tolerance():
+    from edge.config import ServoConfig
+
+    cfg = ServoConfig(
+        channel=3,
+        home_us=1450,
+        min_us=900,
+        max_us=2100,
+        bins={"kitchen": 1200.0, "other": 1800.0},
+        move_timeout_s=1.5,
+        dwell_s=0.4,
+        tolerance_us=6,
+    )
+    cal = Calibration.from_config(cfg)
+    assert cal == Calibration(3, 1450, 900, 2100, {"kitchen": 1200.0, "other": 1800.0}, 1.5, 0.4, 6)
+    assert cal.at(1206, "kitchen") and cal.at(1194, "kitchen")
+    assert not cal.at(1207, "kitchen") and not cal.at(1800, "kitchen") and not cal.at(1200, "compost")
+
+
+@pytest.mark.parametrize("kind", ["maestro", "line"])
+def test_the_controller_says_where_it_holds_the_tray(kind):
+    emu = MaestroEmulator() if kind == "maestro" else LineEmulator()
+    try:
+        controller = controller_for(emu)
+        controller.move(0, 1300, 0.3)
+        assert controller.position_us(0) == 1300
+        controller.close()
+    finally:
+        emu.stop()
+
+
+def test_a_garbled_position_answer_is_a_fault():
+    emu = LineEmulator()
+    try:
+        controller = controller_for(emu)
+        emu.reply = lambda line: emu.send(b"OK 0 far-away\n")
+        with pytest.raises(ActuatorFault, match="answered POS 0 with '0 far-away'"):
+            controller.position_us(0)
+    finally:
+        emu.stop()
+
+
+def test_the_supervisor_cannot_say_where_the_tray_is_while_the_controller_is_offline(tmp_path):
+    supervisor = ServoSupervisor(lambda: MaestroController(Link(str(tmp_path / "ttyACM0"), 115200, 0.1)), CAL)
+    assert supervisor.position_us() is None and "does not exist" in supervisor.fault
