@@ -369,3 +369,15 @@ def test_a_garbled_position_answer_is_a_fault():
 def test_the_supervisor_cannot_say_where_the_tray_is_while_the_controller_is_offline(tmp_path):
     supervisor = ServoSupervisor(lambda: MaestroController(Link(str(tmp_path / "ttyACM0"), 115200, 0.1)), CAL)
     assert supervisor.position_us() is None and "does not exist" in supervisor.fault
+
+
+def test_every_maestro_command_has_an_addressed_form_for_a_daisy_chain():
+    assert set_speed(2, 20, 12).hex(" ") == "aa 0c 07 02 14 00"
+    assert set_acceleration(2, 5, 12).hex(" ") == "aa 0c 09 02 05 00"
+    assert get_moving_state(12).hex(" ") == "aa 0c 13"
+    assert get_errors(12).hex(" ") == "aa 0c 21"
+    assert get_position(3, 0).hex(" ") == "aa 00 10 03"  # board 0 is a board, not "no board"
+    assert get_errors(127).hex(" ") == "aa 7f 21"
+    for device in (128, -1):
+        with pytest.raises(ValueError, match="not 0..127"):
+            get_errors(device)

@@ -244,3 +244,19 @@ def test_errors_in_a_taxonomy_file_name_the_file(tmp_path):
     with pytest.raises(SmartbinError) as err:
         load_taxonomy(broken)
     assert err.value.problem.startswith(f"taxonomy file {broken} is not valid YAML")
+
+
+def test_a_taxonomy_reads_the_same_under_a_non_utf8_locale():
+    """A Pi image left at LANG=C must still read the Chinese bin names."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from edge.taxonomy import load_taxonomy; "
+        f"print(load_taxonomy({str(DEFAULT)!r}).bins['hazardous'].local_name.encode('utf-8').hex())"
+    )
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert bytes.fromhex(done.stdout.strip()).decode("utf-8") == "有害垃圾"
