@@ -25,6 +25,7 @@ import enum
 import logging
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -75,7 +76,9 @@ def analysis_view(frame_bgr: np.ndarray, roi: list[float] | None) -> np.ndarray:
         top, left = min(int(y * h), h - 1), min(int(x * w), w - 1)
         frame_bgr = frame_bgr[top : max(top + 1, int((y + rh) * h)), left : max(left + 1, int((x + rw) * w))]
         h, w = frame_bgr.shape[:2]
-    small = cv2.resize(frame_bgr, (ANALYSIS_WIDTH, max(1, round(h * ANALYSIS_WIDTH / w))), cv2.INTER_AREA)
+    small = cv2.resize(
+        frame_bgr, (ANALYSIS_WIDTH, max(1, round(h * ANALYSIS_WIDTH / w))), interpolation=cv2.INTER_AREA
+    )
     grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
     return cv2.GaussianBlur(grey, (5, 5), 0).astype(np.float32)
 
@@ -237,7 +240,7 @@ def load_tray(path: Path, frame_shape: tuple[int, ...], roi: list[float] | None)
             tray, shape, saved_roi = saved["tray"], tuple(saved["frame_shape"]), list(saved["roi"])
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         log.warning("trigger: the remembered empty tray %s cannot be read (%s); learning it again", path, exc)
         return None
     roi = roi or []
