@@ -42,7 +42,9 @@ def test_classify_json_and_corrupt_photo_is_skipped_by_name(tmp_path, capsys, ca
     assert len(rows) == 2
     for row in rows:
         assert row["bin"] == "kitchen" and row["item"] == "biological"
-        assert len(row["top"]) == 2 and 0 <= row["confidence"] <= 1
+        assert len(row["top"]) == 2 and row["top"][0] == [row["item"], row["item_confidence"]]
+        assert row["top"][0][1] >= row["top"][1][1]
+        assert row["confidence"] == row["bins"]["kitchen"] == max(row["bins"].values())
         assert set(row["bins"]) == {"recyclable", "kitchen", "hazardous", "other"}
     assert "half.jpg" in caplog.text
 
@@ -67,7 +69,10 @@ def test_eval_on_item_folders_and_on_bin_folders(tmp_path, capsys):
     items = make_photo_folder(tmp_path / "items", per_class=4, classes=("battery", "cardboard", "trash"))
     assert main(["eval", "--data", str(items), "--json", "--plots", str(tmp_path / "plots")]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["item"]["n"] == 12 and 0 <= result["item"]["balanced_accuracy"] <= 1
+    assert result["item"]["n"] == 12
+    confusion = result["item"]["confusion"]
+    recalls = [row[i] / sum(row) for i, row in enumerate(confusion) if sum(row)]
+    assert len(recalls) == 3 and result["item"]["balanced_accuracy"] == pytest.approx(sum(recalls) / 3)
     assert result["bin"]["per_class"]["hazardous"]["support"] == 4
     assert (tmp_path / "plots" / "confusion_items.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge.bundle import load_bundle
@@ -39,14 +40,15 @@ def test_run_writes_a_verified_bundle_and_the_report(tiny_run):
     assert len(meta["data"]["fingerprint"]) == 64
     for key in ("tensorflow", "keras", "numpy", "smartbin", "python"):
         assert key in meta["tools"]
-    for key in (
-        "float_item_accuracy",
-        "int8_item_accuracy",
-        "float_bin_accuracy",
-        "int8_bin_accuracy",
-        "int8_float_agreement",
-    ):
-        assert 0 <= meta["metrics"][key] <= 1
+    # the metrics in model.json are the run's own confusion matrices, not numbers made up on the way
+    result = json.loads((tiny_run / "report.json").read_text())["result"]
+    for kind in ("float", "int8"):
+        for level in ("item", "bin"):
+            confusion = np.array(result[kind][level]["confusion"])
+            assert confusion.sum() == meta["metrics"]["n"] == result["n"]
+            accuracy = np.trace(confusion) / confusion.sum()
+            assert meta["metrics"][f"{kind}_{level}_accuracy"] == pytest.approx(accuracy, abs=1e-5)
+    assert meta["metrics"]["int8_float_agreement"] == pytest.approx(result["parity"]["agreement"], abs=1e-5)
     for name in (
         "report.json",
         "report.md",
