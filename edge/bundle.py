@@ -2,12 +2,13 @@
 
 A bundle is ``model.tflite`` plus ``model.json`` side by side (usually in one
 folder). ``model.json`` carries everything the edge needs to use the model
-without guessing; see :func:`write_bundle` for the keys. The edge refuses a
+without guessing; :func:`bundle_meta` and :func:`write_bundle` write its keys. The edge refuses a
 bundle it cannot trust and says exactly why.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
@@ -121,6 +122,44 @@ def load_bundle(path: str | Path, taxonomy: Taxonomy | None = None, *, verify_sh
         )
     InputSpec.from_dict(meta["input"])
     return Bundle(folder=folder, meta=meta, taxonomy=active)
+
+
+def bundle_meta(
+    *,
+    model_id: str,
+    labels: list[str],
+    spec: InputSpec,
+    pixel_scaling: str,
+    architecture: str,
+    taxonomy: Taxonomy,
+    data: dict[str, Any],
+    tools: dict[str, str],
+) -> dict[str, Any]:
+    """``model.json`` as a training run starts it, in the order of its keys in the file.
+
+    What is measured later is added by the run: each tensor's ``quantization`` (read back from the
+    converted model) and ``metrics``; :func:`write_bundle` adds the format and the sha256.
+    """
+    return {
+        "model_id": model_id,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "labels": labels,
+        "input": {**spec.to_dict(), "dtype": "uint8", "value_range": [0, 255]},
+        "preprocessing": {
+            "steps": [
+                "decode to BGR (OpenCV)",
+                f"{spec.resize}",
+                f"resize to {spec.width}x{spec.height} ({spec.interpolation})",
+                "BGR to RGB",
+            ],
+            "pixel_scaling": pixel_scaling,
+        },
+        "output": {"dtype": "uint8", "activation": "softmax"},
+        "architecture": architecture,
+        "taxonomy": taxonomy.to_dict(),
+        "data": data,
+        "tools": tools,
+    }
 
 
 def write_bundle(folder: str | Path, tflite_model: bytes, meta: dict[str, Any]) -> Bundle:

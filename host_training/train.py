@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 import edge
-from edge.bundle import load_bundle, write_bundle
+from edge.bundle import bundle_meta, load_bundle, write_bundle
 from edge.classifier import Classifier
 from edge.errors import SmartbinError
 from edge.evaluation import score_predictions
@@ -539,32 +539,22 @@ def run(settings: TrainSettings) -> Path:
         calibration = load_prepared([split.file(p) for p in train_photos[::step]], spec)
         tflite = convert(model, calibration[: settings.calibration_photos])
 
-    meta = {
-        "model_id": settings.model_id or default_model_id(settings),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "labels": labels,
-        "input": {**spec.to_dict(), "dtype": "uint8", "value_range": [0, 255]},
-        "preprocessing": {
-            "steps": [
-                "decode to BGR (OpenCV)",
-                f"{spec.resize}",
-                f"resize to {spec.width}x{spec.height} ({spec.interpolation})",
-                "BGR to RGB",
-            ],
-            "pixel_scaling": "inside the model: x / 127.5 - 1 (MobileNetV2)",
-        },
-        "output": {"dtype": "uint8", "activation": "softmax"},
-        "architecture": f"MobileNetV2 1.0 ImageNet + global average pooling + dropout "
+    meta = bundle_meta(
+        model_id=settings.model_id or default_model_id(settings),
+        labels=labels,
+        spec=spec,
+        pixel_scaling="inside the model: x / 127.5 - 1 (MobileNetV2)",
+        architecture="MobileNetV2 1.0 ImageNet + global average pooling + dropout "
         f"{settings.dropout} + softmax",
-        "taxonomy": taxonomy.to_dict(),
-        "data": {
+        taxonomy=taxonomy,
+        data={
             "fingerprint": split.fingerprint(),
             "sources": [Path(s).name for s in split.sources],
             "provenance": {Path(s).name: report.provenance(Path(s)) for s in split.sources},
             "counts": split.counts(),
         },
-        "tools": tool_versions(),
-    }
+        tools=tool_versions(),
+    )
     candidate = out / "int8-candidate"
     write_bundle(candidate, tflite, meta)
     cls = Classifier(load_bundle(candidate))
