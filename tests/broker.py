@@ -92,17 +92,22 @@ class Broker:
 class Subscriber:
     """Records every message under a topic filter; a persistent QoS 1 session survives broker restarts."""
 
-    def __init__(self, port: int, topic: str, client_id: str = "test-subscriber") -> None:
+    def __init__(self, port: int, topic: str, client_id: str = "test-subscriber", qos: int = 1) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
+        self.delivery: dict[str, tuple[int, bool]] = {}  # topic -> (QoS, retained) of its last message
         self.subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         self.client.reconnect_delay_set(0.05, 0.2)
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=qos)
         self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload, m.retain))
+        self.client.on_message = self._received
         self.client.connect("127.0.0.1", port, 5)
         self.client.loop_start()
         assert self.subscribed.wait(5)
+
+    def _received(self, client, userdata, message) -> None:
+        self.delivery[message.topic] = (message.qos, bool(message.retain))
+        self.messages.append((message.topic, message.payload, message.retain))
 
     def payloads(self, suffix: str) -> list[bytes]:
         return [p for t, p, _ in list(self.messages) if t.endswith(suffix)]

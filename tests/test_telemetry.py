@@ -9,16 +9,20 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
+import edge.telemetry
 from edge.config import MqttConfig
-from edge.ledger import Ledger, SortedItem
-from edge.telemetry import Telemetry
+from edge.ledger import Ledger, Pending, SortedItem
+from edge.telemetry import Telemetry, Topics, outbox_fault
 from tests.broker import Broker, Subscriber, mosquitto_path, wait_for
 from tests.conftest import REPO, fill
 
@@ -66,6 +70,10 @@ def test_events_state_and_counts_reach_a_subscriber(broker, tmp_path):
     state = json.loads(sub.latest("/state"))
     assert state["counts"] == ledger.counts() and state["model_id"] == "m1"
     assert sub.latest("/availability") == b"online"
+    dashboard = Subscriber(broker.port, "smartbin/bin-1/availability", client_id="dashboard", qos=2)
+    wait_for(lambda: dashboard.latest("/availability") == b"online", what="online for a late dashboard")
+    assert dashboard.delivery["smartbin/bin-1/availability"] == (1, True)  # retained, QoS 1
+    dashboard.close()
     telemetry.stop()
     wait_for(lambda: sub.latest("/availability") == b"offline", what="offline on a clean stop")
     sub.close()
@@ -78,6 +86,7 @@ def test_events_state_and_counts_reach_a_subscriber(broker, tmp_path):
 
 
 def test_a_broker_outage_loses_nothing(broker, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="edge.telemetry")
     sub = Subscriber(broker.port, "smartbin/bin-1/#")
     broker.wait_for_autosave()  # the subscriber's persistent session outlives the SIGKILL below
     ledger = Ledger(tmp_path / "l.db")
@@ -100,6 +109,9 @@ def test_a_broker_outage_loses_nothing(broker, tmp_path, caplog):
             lambda b=bin_id, c=count: sub.latest(f"/count/{b}") == str(c).encode(), what=f"count {bin_id}"
         )
     assert caplog.text.count("lost broker") == 1  # the outage is logged, once
+    assert caplog.text.count(f"mqtt: connected to 127.0.0.1:{broker.port} again") == 1
+    assert "no CONNACK" not in caplog.text  # a connection that worked leaves no CONNACK deadline behind
+    assert telemetry._attempts == 0  # the next outage backs off from its first step again
     telemetry.stop()
     sub.close()
 
@@ -108,7 +120,9 @@ CLIENT = """
 import sys, time, uuid
 from edge.config import MqttConfig
 from edge.ledger import Ledger, SortedItem
-from edge.telemetry import Telemetry
+import edge.telemetry
+from edge.ledger import Pending
+from edge.telemetry import Telemetry, Topics, outbox_fault
 port, db, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 ledger = Ledger(db)
 t = Telemetry(MqttConfig(host="127.0.0.1", port=port, keepalive_s=5, reconnect_max_s=1), "bin-9", ledger)
@@ -155,7 +169,9 @@ UNACKNOWLEDGED_CLIENT = """
 import sys, time, uuid
 from edge.config import MqttConfig
 from edge.ledger import Ledger, SortedItem
-from edge.telemetry import Telemetry
+import edge.telemetry
+from edge.ledger import Pending
+from edge.telemetry import Telemetry, Topics, outbox_fault
 port, db, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 ledger = Ledger(db)
 t = Telemetry(MqttConfig(host="127.0.0.1", port=port, keepalive_s=30, reconnect_max_s=1), "bin-9", ledger)
@@ -358,8 +374,8 @@ def test_tls_with_a_test_ca(tmp_path):
         broker.stop()
 
 
-def publish(port: int, topic: str, payload: bytes) -> None:
-    """One QoS 1 message from a throwaway client; fails after 5 s rather than hang."""
+def publish(port: int, topic: str, payload: bytes, qos: int = 1) -> None:
+    """One message (QoS 1 unless told) from a throwaway client; fails after 5 s rather than hang."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -367,7 +383,7 @@ def publish(port: int, topic: str, payload: bytes) -> None:
     client.connect("127.0.0.1", port, 5)
     client.loop_start()
     try:
-        client.publish(topic, payload, qos=1).wait_for_publish(timeout=5)
+        client.publish(topic, payload, qos=qos).wait_for_publish(timeout=5)
     finally:
         client.disconnect()
         client.loop_stop()
@@ -436,6 +452,16 @@ def test_hostile_commands_never_crash_and_each_gets_a_reply(live, name, payload)
     publish(broker.port, f"smartbin/bin-1/cmd/{name}", payload)
     wait_for(lambda: len(replies(sub)) == before + 1, what="one reply")
     assert telemetry._thread.is_alive()
+
+
+def test_commands_reach_the_bin_at_qos_1(live):
+    broker, telemetry, ledger, sub, sorts = live
+    received = []
+    handle = telemetry.client.on_message
+    telemetry.client.on_message = lambda c, u, message: received.append(message.qos) or handle(c, u, message)
+    publish(broker.port, "smartbin/bin-1/cmd/ping", b"{}", qos=2)
+    wait_for(lambda: replies(sub), what="the reply")
+    assert received == [1]  # at least once, the bin's subscription; never at most once (QoS 0)
 
 
 def test_home_assistant_discovery_and_reannounce(live):
@@ -533,17 +559,21 @@ def test_counts_are_republished_to_a_broker_that_lost_its_retained_store(broker,
         if stored.name != "l.db":
             stored.unlink()  # the broker's persistence file: its retained messages are gone
     broker.start()
-    late = Subscriber(broker.port, "smartbin/bin-1/count/#", client_id="late-dashboard")
-    # a dashboard that subscribes after the restart gets every bin's count, not only the next one to change
+    expected = {b: str(c).encode() for b, c in ledger.counts().items()}
+    witness = Subscriber(broker.port, "smartbin/bin-1/count/#", client_id="witness")
     wait_for(
-        lambda: (
-            {t.rsplit("/", 1)[-1]: p for t, p, _ in late.messages}
-            == {b: str(c).encode() for b, c in ledger.counts().items()}
-        ),
+        lambda: {t.rsplit("/", 1)[-1]: p for t, p, _ in witness.messages} == expected,
         timeout_s=20,
-        what="retained counts after the broker's restart",
+        what="the counts published again after the broker's restart",
     )
+    # a dashboard that subscribes after that gets every bin's count, not only the next one to change:
+    # retained, and at QoS 1 even where it asks for 2
+    late = Subscriber(broker.port, "smartbin/bin-1/count/#", client_id="late-dashboard", qos=2)
+    wait_for(lambda: len(late.messages) == len(expected), what="retained counts")
+    assert {t.rsplit("/", 1)[-1]: p for t, p, _ in late.messages} == expected
+    assert set(late.delivery.values()) == {(1, True)}
     telemetry.stop()
+    witness.close()
     late.close()
 
 
@@ -567,6 +597,7 @@ def tracebacks(caplog) -> list[logging.LogRecord]:
 
 def test_a_full_disk_under_the_ledger_is_a_fault_and_delivery_resumes(broker, small_disk, caplog):
     """The broker's PUBACK cannot be written to the ledger (on_publish raises inside paho's loop)."""
+    caplog.set_level(logging.INFO, logger="edge.telemetry")
     ledger = Ledger(small_disk / "l.db")
     ids = sort_ids(ledger, 5)
     fill(small_disk)
@@ -587,6 +618,8 @@ def test_a_full_disk_under_the_ledger_is_a_fault_and_delivery_resumes(broker, sm
         lambda: telemetry.fault is None and not ledger.pending(), timeout_s=15, what="acknowledged at last"
     )
     assert set(sub.event_ids()) == ids and telemetry.faults() == {}
+    assert "mqtt: telemetry works again (it failed with: database or disk is full" in caplog.text
+    assert telemetry._attempts == 0
     telemetry.stop()
     sub.close()
     ledger.close()
@@ -648,6 +681,7 @@ def test_notify_starts_a_new_thread_when_the_telemetry_thread_died(broker, tmp_p
 
 
 def test_events_dropped_past_the_outbox_limit_are_a_fault_until_it_drains(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="edge.telemetry")
     from tests.broker import free_port
 
     port = free_port()  # nothing listens there yet
@@ -679,7 +713,77 @@ def test_events_dropped_past_the_outbox_limit_are_a_fault_until_it_drains(tmp_pa
             lambda: json.loads(late.latest("/state") or b"{}").get("faults") == {}, what="no faults in state"
         )
         assert json.loads(late.latest("/state"))["dropped_events"] == 2  # the counter stays
+        assert (
+            caplog.text.count("outbox: drained to the broker; 2 events dropped since start remain lost") == 1
+        )
         telemetry.stop()
         late.close()
     finally:
         broker.stop()
+
+
+# The delivery bookkeeping on its own, without a broker: a client that is never connected
+
+
+@pytest.fixture()
+def offline(tmp_path):
+    """A Telemetry whose thread never runs: its bookkeeping is called as the thread would call it."""
+    ledger = Ledger(tmp_path / "l.db")
+    telemetry = Telemetry(MqttConfig(host="127.0.0.1", port=1, reconnect_max_s=30.0), "bin-1", ledger)
+    yield telemetry
+    ledger.close()
+
+
+def test_an_outbox_row_goes_to_its_topic_with_its_retain_flag():
+    topics = Topics("smartbin/bin-1/")
+    assert topics.for_row(Pending(1, "count", "kitchen", "3")) == ("smartbin/bin-1/count/kitchen", True)
+    assert topics.for_row(Pending(2, "event", "id-1", "{}")) == ("smartbin/bin-1/event", False)
+
+
+def test_the_outbox_fault_counts_the_dropped_events_and_names_the_setting():
+    one = outbox_fault(1, 100)
+    assert one.startswith("1 event dropped since start: ")
+    assert "ledger.max_pending_events (100)" in one and "raise ledger.max_pending_events" in one
+    assert outbox_fault(2, 100).startswith("2 events dropped since start: ")
+
+
+def test_a_dead_telemetry_thread_is_the_mqtt_fault_with_its_reason(offline):
+    assert offline.faults() == {}
+    offline._thread = threading.Thread(target=lambda: None)
+    offline._thread.start()
+    offline._thread.join()
+    assert offline.faults() == {
+        "mqtt": "the telemetry thread ended (no reason given); it starts again with the next change"
+    }
+    offline._death = "SystemExit: 3"
+    assert offline.faults()["mqtt"].startswith("the telemetry thread ended (SystemExit: 3); ")
+
+
+def test_each_failure_in_the_thread_backs_off_further_and_is_logged_once(offline, monkeypatch, caplog):
+    calls = []
+    monkeypatch.setattr(edge.telemetry, "backoff_delay", lambda *args: calls.append(args) or 1.5)
+    for _ in range(2):
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            offline._crashed()
+    assert calls == [(0, 0.5, 30.0), (1, 0.5, 30.0)]
+    assert offline.fault == (
+        "telemetry failed: ValueError: boom (a bug in smartbin: report it with the traceback in the log); "
+        "retrying in 1.5 s"
+    )
+    assert caplog.text.count("mqtt: telemetry failed: ValueError: boom") == 1
+    offline._crashed()  # outside an except block: nothing to explain
+    assert offline.fault == "telemetry failed: unknown error; retrying in 1.5 s"
+
+
+@pytest.mark.parametrize(
+    "reason, hint",
+    [("Bad user name or password", True), ("Not authorized", True), ("Server unavailable", False)],
+)
+def test_a_refused_connection_is_the_fault_and_only_a_refused_login_names_the_password(offline, reason, hint):
+    offline._on_connect(offline.client, None, None, ReasonCode(PacketTypes.CONNACK, reason), None)
+    assert offline.fault.startswith(f"broker 127.0.0.1:1 refused the connection: {reason}")
+    login = " (check mqtt.username and the password in mqtt.password_file or $SMARTBIN_MQTT_PASSWORD)"
+    assert offline.fault.endswith(login) is hint
+    assert not offline.connected
