@@ -14,7 +14,7 @@ from edge.actuator import ActuatorFault, open_controller
 from edge.classifier import load_classifier
 from edge.config import Config
 from edge.errors import SmartbinError
-from edge.ledger import open_ledger
+from edge.ledger import read_summary
 from edge.source import SourceFault, dark_view, is_black, open_source, source_fix
 from edge.telemetry import diagnose
 
@@ -39,12 +39,9 @@ def check_model(config: Config) -> list[Result]:
 
 
 def check_ledger(config: Config) -> list[Result]:
-    ledger = open_ledger(config.ledger)
-    try:
-        total, waiting = sum(ledger.counts().values()), len(ledger.pending(1_000_000))
-    finally:
-        ledger.close()
-    return [("ledger", True, f"{ledger.path}: {total} items counted, {waiting} messages wait for the broker")]
+    found = read_summary(config.ledger)
+    counted = f"{found.total} items counted, {found.waiting} messages wait for the broker"
+    return [("ledger", True, f"{found.path}: {counted}")]
 
 
 def check_camera(config: Config, tries: int = 10) -> list[Result]:

@@ -31,7 +31,7 @@ from edge.decision import decide
 from edge.errors import SmartbinError
 from edge.evaluation import format_scores, plot_confusion, score_predictions
 from edge.images import expand_paths, labelled_images, read_image
-from edge.ledger import open_ledger
+from edge.ledger import read_summary
 from edge.telemetry import diagnose
 
 log = logging.getLogger("smartbin")
@@ -380,24 +380,16 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_counts(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config).ledger
-    ledger = open_ledger(cfg)
-    try:
-        counts, pending, dropped = ledger.counts(), len(ledger.pending(1_000_000)), ledger.dropped_events()
-    finally:
-        ledger.close()
+    found = read_summary(load_config(args.config).ledger)
     if args.json:
-        print(
-            json.dumps(
-                {"counts": counts, "total": sum(counts.values()), "pending": pending, "dropped": dropped}
-            )
-        )
+        summary = {"counts": found.counts, "total": found.total, "pending": found.waiting}
+        print(json.dumps({**summary, "dropped": found.dropped}))
         return 0
-    print(f"ledger {ledger.path}")
-    for bin_id, count in counts.items():
+    print(f"ledger {found.path}")
+    for bin_id, count in found.counts.items():
         print(f"{bin_id:<12} {count:>8}")
-    print(f"{'total':<12} {sum(counts.values()):>8}")
-    print(f"{pending} messages wait for the broker; {dropped} events dropped after long outages")
+    print(f"{'total':<12} {found.total:>8}")
+    print(f"{found.waiting} messages wait for the broker; {found.dropped} events dropped after long outages")
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from edge.config import Config
 from edge.daemon import Daemon
 from edge.images import IMAGE_SUFFIXES, expand_paths
-from edge.ledger import Ledger, SortedItem
+from edge.ledger import SortedItem, read_summary
 from edge.servo_emulator import MaestroEmulator
 from edge.simulation import SimulatedTray
 from edge.source import open_source
@@ -115,11 +115,8 @@ def run_demo(args: Any) -> int:
 
 
 def summarise(daemon: Daemon, sorted_items: list, online: bool, state: Path) -> None:
-    ledger = Ledger(daemon.config.ledger.path)
-    try:
-        counts, waiting = ledger.counts(), len(ledger.pending(1_000_000))
-    finally:
-        ledger.close()
+    found = read_summary(daemon.config.ledger)
+    counts, waiting = found.counts, found.waiting
     print(f"\n{len(sorted_items)} items sorted: " + ", ".join(f"{b} {n}" for b, n in counts.items()))
     if sorted_items:
         latencies = [item.latency_ms for item, _, _ in sorted_items]

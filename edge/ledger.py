@@ -125,6 +125,29 @@ def open_ledger(cfg: LedgerConfig) -> Ledger:
     return Ledger(cfg.path or default_path(), cfg.max_pending_events, cfg.keep_events)
 
 
+@dataclass(frozen=True)
+class LedgerSummary:
+    """What a technician asks of the ledger: the counts, and what has not reached the broker."""
+
+    path: Path
+    counts: dict[str, int]
+    waiting: int  # messages in the outbox, not yet acknowledged by the broker
+    dropped: int  # events dropped after long outages (``max_pending_events``)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def read_summary(cfg: LedgerConfig) -> LedgerSummary:
+    """Open the configured ledger, read its summary, close it."""
+    ledger = open_ledger(cfg)
+    try:
+        return LedgerSummary(ledger.path, ledger.counts(), ledger.waiting(), ledger.dropped_events())
+    finally:
+        ledger.close()
+
+
 class Ledger:
     def __init__(
         self, path: str | Path, max_pending_events: int = 10_000, keep_events: int = 100_000
@@ -284,6 +307,11 @@ class Ledger:
                 "SELECT seq, kind, key, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
             ).fetchall()
         return [Pending(*row) for row in rows]
+
+    def waiting(self) -> int:
+        """How many messages are in the outbox."""
+        with self._lock:
+            return self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
     def acknowledge(self, seq: int) -> None:
         """The broker has the message: it leaves the outbox."""

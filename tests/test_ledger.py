@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from edge import ledger as ledger_module
+from edge.config import LedgerConfig
 from edge.errors import SmartbinError
-from edge.ledger import Ledger, SortedItem
+from edge.ledger import Ledger, LedgerSummary, SortedItem, open_ledger, read_summary
 from tests.conftest import REPO
 
 
@@ -59,6 +60,20 @@ def test_acknowledged_messages_leave_the_outbox_in_order(tmp_path):
     for p in pending[:2]:
         ledger.acknowledge(p.seq)
     assert [p.seq for p in ledger.pending()] == [p.seq for p in pending[2:]]
+
+
+def test_the_summary_counts_what_waits_for_the_broker(tmp_path):
+    cfg = LedgerConfig(path=str(tmp_path / "l.db"), max_pending_events=2)
+    ledger = open_ledger(cfg)
+    for n, bin_id in enumerate(["kitchen", "kitchen", "other", "other"]):
+        ledger.record(item(bin_id, n))
+    # 2 events (2 dropped past the bound) and the newest count of each of 2 bins
+    assert ledger.waiting() == len(ledger.pending(1000)) == 4
+    ledger.acknowledge(ledger.pending(1)[0].seq)
+    ledger.close()
+    found = read_summary(cfg)
+    assert found == LedgerSummary(tmp_path / "l.db", {"kitchen": 2, "other": 2}, waiting=3, dropped=2)
+    assert found.total == 4
 
 
 def test_acknowledging_one_message_leaves_every_other_pending(tmp_path):
