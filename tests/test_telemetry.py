@@ -484,8 +484,12 @@ def test_home_assistant_discovery_and_reannounce(live):
     assert len(counts) == len(BINS) and all(d["state_class"] == "total_increasing" for d in counts)
     assert any(t.startswith("homeassistant/binary_sensor/") for t in docs)
     seen = len(ha.messages)
-    publish(broker.port, "homeassistant/status", b"online")
+    received = []
+    handle = telemetry.client.on_message
+    telemetry.client.on_message = lambda c, u, message: received.append(message.qos) or handle(c, u, message)
+    publish(broker.port, "homeassistant/status", b"online", qos=2)
     wait_for(lambda: len(ha.messages) >= seen + len(docs), what="re-announced after HA restart")
+    assert received == [1]  # Home Assistant's status reaches the bin at least once
     ha.close()
 
 
