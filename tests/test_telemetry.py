@@ -779,6 +779,7 @@ def test_each_failure_in_the_thread_backs_off_further_and_is_logged_once(offline
         except ValueError:
             offline._crashed()
     assert calls == [(0, 0.5, 30.0), (1, 0.5, 30.0)]
+    assert offline._retry_at > time.monotonic() + 1.0  # not before the 1.5 s the backoff gave
     assert offline.fault == (
         "telemetry failed: ValueError: boom (a bug in smartbin: report it with the traceback in the log); "
         "retrying in 1.5 s"
