@@ -679,21 +679,44 @@ def set_keys(path: Path, values: Mapping[str, Any]) -> None:
     The new file is checked before it replaces the old one: a bad value never
     breaks a device's config.
     """
-    from ruamel.yaml import YAML
+    from ruamel.yaml import YAML, YAMLError
 
     yaml = YAML()
-    data = (yaml.load(path.read_text(encoding="utf-8")) if path.exists() else None) or {}
+    try:
+        data = (yaml.load(path.read_text(encoding="utf-8")) if path.exists() else None) or {}
+    except (OSError, UnicodeDecodeError, YAMLError) as exc:
+        raise SmartbinError(
+            f"config file {path} cannot be read as YAML, so no key was set: {exc}",
+            "fix the file by hand (smartbin config prints the reference), then set the keys again",
+        ) from None
+    if not isinstance(data, dict):
+        raise SmartbinError(
+            f"{path}: the file must be a mapping of keys, got {shown(data)}",
+            "write the file as 'key: value' lines",
+        )
     for dotted, value in values.items():
         *parents, leaf = dotted.split(".")
         node = data
-        for key in parents:
+        for depth, key in enumerate(parents, 1):
             if node.get(key) is None:
                 node[key] = {}
             node = node[key]
+            if not isinstance(node, dict):
+                where = ".".join(parents[:depth])
+                raise SmartbinError(
+                    f"{path}: {where} = {shown(node)} is not a section of keys, so {dotted} cannot be set",
+                    f"set {where} itself, or write it as 'key: value' lines",
+                )
         node[leaf] = value
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        yaml.dump(data, fh)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            yaml.dump(data, fh)
+    except OSError as exc:
+        raise SmartbinError(
+            f"cannot write {tmp} (the new {path}): {exc.strerror}",
+            f"run it as a user who may write to {path.parent}",
+        ) from None
     try:
         load_config(tmp)
     except SmartbinError as exc:
