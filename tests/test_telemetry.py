@@ -778,6 +778,7 @@ def test_each_failure_in_the_thread_backs_off_further_and_is_logged_once(offline
             raise ValueError("boom")
         except ValueError:
             offline._crashed()
+        assert caplog.text.count("mqtt: telemetry failed: ValueError: boom") == 1  # the first time only
     assert calls == [(0, 0.5, 30.0), (1, 0.5, 30.0)]
     assert offline._retry_at > time.monotonic() + 1.0  # not before the 1.5 s the backoff gave
     assert offline.fault == (
@@ -797,7 +798,7 @@ def test_a_refused_connection_is_the_fault_and_only_a_refused_login_names_the_pa
     offline._on_connect(offline.client, None, None, ReasonCode(PacketTypes.CONNACK, reason), None)
     assert offline.fault.startswith(f"broker 127.0.0.1:1 refused the connection: {reason}")
     login = " (check mqtt.username and the password in mqtt.password_file or $SMARTBIN_MQTT_PASSWORD)"
-    assert offline.fault.endswith(login) is hint
+    assert offline.fault == f"broker 127.0.0.1:1 refused the connection: {reason}" + (login if hint else "")
     assert not offline.connected
 
 
@@ -839,7 +840,7 @@ def test_dropped_events_are_a_fault_until_the_outbox_has_drained(tmp_path, caplo
     sort(ledger, None, 3)
     telemetry._watch_outbox()
     assert telemetry.faults() == {"outbox": outbox_fault(2, 1)}
-    assert caplog.text.count("outbox: 2 events dropped since start") == 1
+    assert caplog.text.count(f"outbox: {outbox_fault(2, 1)}") == 1
     telemetry._watch_outbox()
     sort(ledger, None, 4)
     telemetry._watch_outbox()
