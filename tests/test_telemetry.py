@@ -855,3 +855,18 @@ def test_dropped_events_are_a_fault_until_the_outbox_has_drained(tmp_path, caplo
     telemetry._recovered()
     assert telemetry.faults() == {} and ledger.waiting() == 0
     ledger.close()
+
+
+def test_a_stop_waits_for_rows_in_the_outbox_and_in_flight_but_not_for_an_unreadable_ledger(offline):
+    assert not offline._unsent()
+    sort(offline.ledger, None, 0)
+    assert offline._unsent()  # in the outbox
+    offline._drain()
+    for row in offline.ledger.pending(10):
+        offline.ledger.acknowledge(row.seq)
+    assert offline._unsent()  # the outbox is empty, but paho still holds them
+    offline._inflight.clear()
+    assert not offline._unsent()
+    sort(offline.ledger, None, 1)
+    offline.ledger.close()
+    assert offline._unsent() is False  # the thread names the ledger as the fault; the stop goes on
