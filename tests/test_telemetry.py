@@ -870,3 +870,19 @@ def test_a_stop_waits_for_rows_in_the_outbox_and_in_flight_but_not_for_an_unread
     sort(offline.ledger, None, 1)
     offline.ledger.close()
     assert offline._unsent() is False  # the thread names the ledger as the fault; the stop goes on
+
+
+def test_dropping_a_half_broken_connection_goes_on_and_keeps_the_traceback_at_debug(offline, caplog):
+    caplog.set_level(logging.DEBUG, logger="edge.telemetry")
+    broken = RuntimeError("socket half closed")
+
+    def disconnect():
+        raise broken
+
+    offline.client.disconnect = disconnect
+    offline.connected = offline.listening = True
+    offline._drop()
+    assert not offline.connected and not offline.listening
+    [record] = [r for r in caplog.records if r.name == "edge.telemetry"]
+    assert record.levelno == logging.DEBUG and record.getMessage() == "mqtt: disconnect failed"
+    assert record.exc_info[1] is broken
