@@ -76,6 +76,8 @@ class MaestroEmulator(PtyEmulator):
 
     Modes: ok, silent, partial (one byte of a two-byte reply), stuck (the servo
     never reaches its target), errors (error bits set), unplug_on_move.
+    ``travel_reads`` makes a slow servo: after a new target, that many position
+    reads report positions on the way, and the next one the target.
     """
 
     def __init__(
@@ -84,10 +86,12 @@ class MaestroEmulator(PtyEmulator):
         device: int = 12,
         error_bits: int = 0,
         on_move: Callable[[int, float], None] | None = None,
+        travel_reads: int = 0,
     ) -> None:
-        self.device, self.error_bits = device, error_bits
+        self.device, self.error_bits, self.travel_reads = device, error_bits, travel_reads
         self.targets: dict[int, int] = {}
         self.positions: dict[int, int] = {}
+        self._on_the_way: dict[int, list[int]] = {}
         self.commands: list[bytes] = []
         self._buffer = bytearray()
         super().__init__(mode, on_move)
@@ -127,7 +131,13 @@ class MaestroEmulator(PtyEmulator):
             if self.mode == "unplug_on_move":
                 self.unplug()
                 return
-            if self.mode != "stuck":
+            if self.mode == "stuck":
+                return
+            if self.travel_reads:
+                start, steps = self.positions.get(channel, 6000), self.travel_reads + 1
+                self._on_the_way[channel] = [start + (target - start) * i // steps for i in range(1, steps)]
+                self._on_the_way[channel].append(target)
+            else:
                 self.positions[channel] = target
                 self.moved(channel, target / 4)
             return
@@ -136,6 +146,8 @@ class MaestroEmulator(PtyEmulator):
         if self.mode == "silent":
             return
         if command == 0x90:
+            if self._on_the_way.get(payload[0]):
+                self._travel(payload[0])
             reply = self.positions.get(payload[0], 6000).to_bytes(2, "little")
         elif command == 0x93:
             reply = bytes((int(self.targets != self.positions),))
@@ -145,6 +157,11 @@ class MaestroEmulator(PtyEmulator):
             self.error_bits = 0  # reading the errors clears them, as on the real board
         self.send(reply[:1] if self.mode == "partial" else reply)
 
+    def _travel(self, channel: int) -> None:
+        self.positions[channel] = self._on_the_way[channel].pop(0)
+        if not self._on_the_way[channel]:
+            self.moved(channel, self.positions[channel] / 4)
+
 
 class LineEmulator(PtyEmulator):
     """A microcontroller running our line-protocol firmware (docs/line-protocol.md).
@@ -152,14 +169,28 @@ class LineEmulator(PtyEmulator):
     Modes: ok, silent, garbage, partial (a reply without its newline),
     refuse (every move answered with an error), unplug_on_move, event_first
     (an ``EVT BUTTON`` line before every reply).
+
+    ``answers`` replaces the firmware's answer to a command word (``{"PING": "OK PONG"}``);
+    ``lost_while_booting`` lines arrive while the bootloader runs and get no answer;
+    ``before_next_reply`` is sent once, just ahead of the next reply (say, the rest of a
+    line that began before the command).
     """
 
     NAME, VERSION, MIN_US, MAX_US = "smartbin-servo", "0.1.0", 900, 2100
 
-    def __init__(self, mode: str = "ok", on_move: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        mode: str = "ok",
+        on_move: Callable[[int, float], None] | None = None,
+        answers: dict[str, str] | None = None,
+        lost_while_booting: int = 0,
+    ) -> None:
         self._buffer = bytearray()
         self.positions: dict[int, int] = {}
         self.lines: list[str] = []
+        self.answers = answers or {}
+        self.lost_while_booting = lost_while_booting
+        self.before_next_reply = b""
         super().__init__(mode, on_move)
 
     def handle(self, data: bytes) -> None:
@@ -175,8 +206,13 @@ class LineEmulator(PtyEmulator):
         self.send(b"EVT BUTTON\n")
 
     def reply(self, line: str) -> None:
+        if len(self.lines) <= self.lost_while_booting:
+            return
         if self.mode == "event_first":  # a button press that lands just before the reply
             self.press()
+        if self.before_next_reply:
+            self.send(self.before_next_reply)
+            self.before_next_reply = b""
         if self.mode == "silent":
             return
         if self.mode == "garbage":
@@ -184,7 +220,9 @@ class LineEmulator(PtyEmulator):
             return
         words = line.split()
         command, args = (words[0], words[1:]) if words else ("", [])
-        if command == "PING":
+        if command in self.answers:
+            answer = self.answers[command]
+        elif command == "PING":
             answer = f"OK PONG {self.NAME} {self.VERSION}"
         elif command == "MOVE" and len(args) == 2 and all(a.isdigit() for a in args):
             channel, pulse = int(args[0]), int(args[1])

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
+import types
+from dataclasses import replace
+from functools import partial
 
 import pytest
 
@@ -20,11 +24,13 @@ from edge.actuator import (
     get_errors,
     get_moving_state,
     get_position,
+    open_controller,
     set_acceleration,
     set_speed,
     set_target,
 )
 from edge.backoff import backoff_delay
+from edge.config import ServoConfig
 from edge.errors import SmartbinError
 from edge.servo_emulator import LineEmulator, MaestroEmulator
 from tests.broker import wait_for
@@ -89,6 +95,7 @@ def test_error_bits_decode_to_names():
     assert decode_maestro_errors(0b1) == ["serial signal error"]
     assert decode_maestro_errors(0b10010) == ["serial overrun error", "serial protocol error"]
     assert decode_maestro_errors(1 << 8) == ["script program counter error"]
+    assert decode_maestro_errors(1 << 9) == ["unknown error bits 0x0200"]  # the first bit past the names
     assert decode_maestro_errors(1 << 12) == ["unknown error bits 0x1000"]
 
 
@@ -120,6 +127,7 @@ def test_addressed_protocol_reaches_only_its_board():
         with pytest.raises(ActuatorFault, match="sent nothing"):
             other.move(1, 1800, 0.1)
         assert emu.positions[1] == 4800
+        assert emu.commands and all(c[0] == 0xAA for c in emu.commands)  # the error check too
     finally:
         emu.stop()
 
@@ -131,8 +139,10 @@ def test_addressed_protocol_reaches_only_its_board():
 def test_targets_outside_the_limits_are_refused_not_clamped(emulator):
     bad = Calibration(0, 1500, 1000, 2000, {"other": 2400}, 0.3, 0.0)
     actuator = Actuator(controller_for(emulator), bad)
-    with pytest.raises(ActuatorFault, match="2400 µs is outside the calibrated limits 1000–2000"):
+    with pytest.raises(ActuatorFault, match="bin 'other' target 2400 µs is outside the calibrated limits"):
         actuator.sort("other")
+    with pytest.raises(ActuatorFault, match="^home target 2500 µs is outside"):
+        Actuator(actuator.controller, replace(bad, home_us=2500)).home()
     with pytest.raises(ActuatorFault, match="no calibrated position"):
         actuator.sort("compost")
     assert not any(c[0] == 0x84 for c in emulator.commands)
@@ -148,7 +158,7 @@ def test_targets_outside_the_limits_are_refused_not_clamped(emulator):
         (("maestro", "partial"), "sent 1 of 2 bytes"),
         (("maestro", "stuck"), "is at 1500 µs, not 1700 µs"),
         (("maestro", "errors"), "Maestro reports: serial overrun error"),
-        (("line", "silent"), "sent nothing"),
+        (("line", "silent"), "sent nothing for MOVE"),
         (("line", "garbage"), "garbage"),
         (("line", "partial"), "partial reply"),
         (("line", "refuse"), "refused 'MOVE 0 1700': 3 pulse 1700 outside"),
@@ -188,7 +198,8 @@ def test_unplugging_during_a_dwell_fails_the_return_home():
 def test_missing_port_names_the_fix(tmp_path):
     with pytest.raises(SmartbinError) as err:
         Link(str(tmp_path / "ttyACM9"), 115200, 0.1)
-    assert "does not exist" in err.value.problem and "/dev/serial/by-id" in err.value.fix
+    assert err.value.problem == f"serial port {tmp_path / 'ttyACM9'} does not exist"
+    assert "/dev/serial/by-id" in err.value.fix
 
 
 def test_forbidden_port_hints_at_dialout():
@@ -205,7 +216,7 @@ def test_forbidden_port_hints_at_dialout():
         if as_root:
             os.seteuid(0)
         emu.stop()
-    assert "not permitted" in err.value.problem and "dialout" in err.value.fix
+    assert "not permitted" in err.value.problem and "sudo usermod -aG dialout $USER" in err.value.fix
 
 
 # --- supervision: the daemon's view -------------------------------------------------
@@ -381,3 +392,431 @@ def test_every_maestro_command_has_an_addressed_form_for_a_daisy_chain():
     for device in (128, -1):
         with pytest.raises(ValueError, match="not 0..127"):
             get_errors(device)
+
+
+# --- the serial link ------------------------------------------------------------------
+
+
+def device_gone(link: Link) -> None:
+    """The device behind an open port disappears: its descriptor fails every ioctl, as a hung-up USB tty's
+    does (a pty's slave keeps answering after its master closes, so unplugging the emulator is not enough)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, link.port.fd)
+    os.close(null)
+
+
+def test_a_link_opens_its_port_at_the_configured_baud_rate():
+    emu = MaestroEmulator()
+    try:
+        link = Link(emu.port, 57600, 0.2)
+        assert link.port.baudrate == 57600
+        link.close()
+    finally:
+        emu.stop()
+
+
+def test_a_write_nobody_reads_fails_instead_of_hanging_the_daemon():
+    master, slave = os.openpty()  # a controller that takes nothing in: the line fills up
+    link = Link(os.ttyname(slave), 115200, 0.2)
+    reasons: list[str] = []
+
+    def write() -> None:
+        try:
+            link.write(bytes(1 << 20))
+        except ActuatorFault as fault:
+            reasons.append(fault.reason)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    writer.join(timeout=10)
+    hung = writer.is_alive()
+    os.close(master)  # ends a write that hangs, so that the test does not
+    os.close(slave)
+    link.close()
+    assert not hung
+    assert reasons and f"serial port {link.port_name} failed while writing" in reasons[0]
+
+
+@pytest.mark.parametrize("kind", ["a directory", "a plain file"])
+def test_a_port_that_cannot_be_opened_for_another_reason_says_so_and_points_at_the_cable(tmp_path, kind):
+    port = tmp_path / "ttyACM0"
+    if kind == "a directory":
+        port.mkdir()
+    else:
+        port.write_text("")
+    with pytest.raises(SmartbinError) as err:
+        Link(str(port), 115200, 0.1)
+    assert err.value.problem.startswith(f"serial port {port} cannot be opened: ")
+    assert err.value.fix == "check the cable and the port"
+
+
+def test_a_port_that_vanishes_while_an_answer_is_awaited_is_a_fault_naming_the_port():
+    emu = LineEmulator()
+    link = Link(emu.port, 115200, 0.2)
+    emu.stop()
+    for read in (lambda: link.readline("PING"), lambda: link.read(2, "get position")):
+        with pytest.raises(ActuatorFault) as fault:
+            read()
+        assert fault.value.reason.startswith(f"serial port {emu.port} vanished while reading ")
+    link.close()
+
+
+def test_a_stale_byte_on_the_line_is_not_read_as_the_maestros_answer():
+    emu = MaestroEmulator()
+    try:
+        controller = controller_for(emu)
+        emu.send(b"\x07")
+        wait_for(lambda: controller.link.port.in_waiting == 1, what="the stale byte")
+        assert controller.position_us(0) == 1500
+        controller.close()
+    finally:
+        emu.stop()
+
+
+# --- the Maestro's moves ----------------------------------------------------------------
+
+
+def test_a_slow_servo_is_followed_until_it_arrives_and_confirmed_as_soon_as_it_does():
+    emu = MaestroEmulator(travel_reads=3)
+    try:
+        controller = controller_for(emu)
+        controller.move(0, 1700, 0.5)
+        assert emu.positions[0] == 6800
+        assert [c[0] for c in emu.commands] == [0x84, 0x90, 0x90, 0x90, 0x90, 0xA1]
+        controller.close()
+    finally:
+        emu.stop()
+
+
+def test_a_servo_that_stops_exactly_the_tolerance_short_has_arrived_and_a_hair_further_has_not():
+    emu = MaestroEmulator("stuck")
+    try:
+        controller = controller_for(emu)
+        emu.positions[0] = 1690 * 4
+        controller.move(0, 1700, 0.3)
+        emu.positions[0] = 1690 * 4 - 1
+        with pytest.raises(ActuatorFault, match="is at 1689.75 µs, not 1700 µs"):
+            controller.move(0, 1700, 0.1)
+        controller.close()
+    finally:
+        emu.stop()
+
+
+def test_the_calibrated_limits_themselves_are_allowed():
+    cal = Calibration(0, 1500, 1000, 2000, {"first": 1000, "last": 2000})
+    assert (cal.target("first"), cal.target("last")) == (1000, 2000)
+
+
+def test_sort_reports_how_long_the_move_and_the_return_took(monkeypatch):
+    """On a clock that only the servo moves: each confirmed move takes 250 ms of it."""
+    clock = types.SimpleNamespace(now=100.0)
+    monkeypatch.setattr(
+        "edge.actuator.time", types.SimpleNamespace(monotonic=lambda: clock.now, sleep=time.sleep)
+    )
+
+    def moved(channel: int, pulse_us: float) -> None:
+        clock.now += 0.25
+
+    emu = LineEmulator(on_move=moved)
+    try:
+        actuator = Actuator(controller_for(emu), CAL)
+        assert actuator.sort("hazardous") == {"move_ms": 250.0, "home_ms": 250.0}
+        actuator.controller.close()
+    finally:
+        emu.stop()
+
+
+# --- the line protocol --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command, answer, fault",
+    [
+        ("PING", "HELLO THERE", "sent an unexpected reply to 'PING': 'HELLO THERE'"),
+        ("MOVE", "ERR 3", "refused 'MOVE 0 1700': 3"),
+        ("PING", "OK PONG", "answered PING with 'PONG', not PONG <name> <version>"),
+        ("PING", "OK HELLO a b", "answered PING with 'HELLO a b', not PONG <name> <version>"),
+        ("MOVE", "OK 0 1600", "confirmed '0 1600' for MOVE 0 1700"),
+        ("POS", "OK 0 1500 7", "answered POS 0 with '0 1500 7'"),
+    ],
+)
+def test_an_answer_the_protocol_does_not_allow_is_a_fault_that_quotes_it(command, answer, fault):
+    emu = LineEmulator(answers={command: answer})
+    try:
+        controller = controller_for(emu)
+        ask = {
+            "PING": controller.ping,
+            "MOVE": lambda: controller.move(0, 1700, 1.0),
+            "POS": lambda: controller.position_us(0),
+        }[command]
+        with pytest.raises(ActuatorFault) as raised:
+            ask()
+        assert fault in raised.value.reason
+        controller.close()
+    finally:
+        emu.stop()
+
+
+def test_a_button_press_while_nothing_is_asked_is_reported():
+    emu = LineEmulator()
+    try:
+        controller = controller_for(emu)
+        emu.press()
+        wait_for(lambda: controller.link.port.in_waiting == len(b"EVT BUTTON\n"), what="the event")
+        assert controller.events() == ["BUTTON"]
+        controller.close()
+    finally:
+        emu.stop()
+
+
+def test_a_button_press_just_before_the_answer_to_ping_is_kept_and_the_answer_read():
+    emu = LineEmulator("event_first")
+    try:
+        controller = controller_for(emu)
+        assert controller.ping() == "smartbin-servo 0.1.0 (line protocol)"
+        assert controller.events() == ["BUTTON"]
+        controller.close()
+    finally:
+        emu.stop()
+
+
+def test_a_button_line_that_arrives_in_two_pieces_between_polls_is_reported_once():
+    emu = LineEmulator()
+    try:
+        controller = controller_for(emu)
+        emu.send(b"EVT BU")
+        wait_for(lambda: controller.link.port.in_waiting == 6, what="the first piece")
+        assert controller.events() == []
+        emu.send(b"TTON\n")
+        wait_for(lambda: controller.link.port.in_waiting == 5, what="the second piece")
+        assert controller.events() == ["BUTTON"]
+        assert controller.events() == []
+        controller.close()
+    finally:
+        emu.stop()
+
+
+def test_a_line_begun_before_a_command_and_finished_just_ahead_of_the_reply_is_read_whole():
+    emu = LineEmulator()
+    try:
+        controller = controller_for(emu)
+        emu.send(b"EVT BU")
+        wait_for(lambda: controller.link.port.in_waiting == 6, what="the first piece")
+        emu.before_next_reply = b"TTON\n"
+        controller.move(0, 1600, 1.0)
+        assert controller.events() == ["BUTTON"] and emu.positions[0] == 1600
+        controller.close()
+    finally:
+        emu.stop()
+
+
+def test_line_noise_that_is_not_ascii_is_dropped_between_requests():
+    emu = LineEmulator()
+    try:
+        controller = controller_for(emu)
+        emu.send(b"\xff\xfe\x00noise\nEVT BUTTON\n")
+        wait_for(lambda: controller.link.port.in_waiting == 20, what="the noise and the event")
+        assert controller.events() == ["BUTTON"]
+        emu.send(b"\xc3\x28\n")
+        wait_for(lambda: controller.link.port.in_waiting == 3, what="more noise")
+        controller.move(0, 1600, 1.0)
+        assert emu.positions[0] == 1600
+        controller.close()
+    finally:
+        emu.stop()
+
+
+def test_a_line_controller_is_pinged_until_its_bootloader_has_finished():
+    emu = LineEmulator(lost_while_booting=2)
+    try:
+        controller = LineController(Link(emu.port, 115200, 0.1))
+        assert controller.wait_ready(startup_s=10) == "smartbin-servo 0.1.0 (line protocol)"
+        assert emu.lines == ["PING", "PING", "PING"]
+        controller.close()
+    finally:
+        emu.stop()
+
+
+# --- the supervisor: backoff, logs, and each way in -----------------------------------------
+
+
+@pytest.fixture()
+def top_of_the_jitter(monkeypatch):
+    """The real backoff, with its random half pinned at its largest: each delay is its whole step."""
+    monkeypatch.setattr("edge.actuator.backoff_delay", partial(backoff_delay, rng=lambda: 1.0))
+
+
+def offline_delays(supervisor: ServoSupervisor, clock: list[float], failures: int) -> list[float]:
+    """How long the supervisor waits after each of ``failures`` failed connections, each tried when due."""
+    delays = []
+    for _ in range(failures):
+        clock[0] = supervisor.retry_at
+        with pytest.raises(ActuatorFault, match="does not exist"):
+            supervisor.tip("kitchen")
+        delays.append(supervisor.retry_at - clock[0])
+    return delays
+
+
+@pytest.mark.parametrize(
+    "limits, delays",
+    [
+        ({}, [0.5, 1, 2, 4, 8, 16, 30, 30]),  # the daemon's: the first retry within 0.25-0.5 s
+        ({"base_s": 0.25, "cap_s": 1.5}, [0.25, 0.5, 1, 1.5, 1.5]),
+    ],
+)
+def test_the_supervisor_waits_longer_after_each_failure_up_to_its_cap(
+    tmp_path, top_of_the_jitter, limits, delays
+):
+    clock = [100.0]
+    missing = str(tmp_path / "ttyACM0")
+    supervisor = ServoSupervisor(
+        lambda: MaestroController(Link(missing, 115200, 0.1)), CAL, clock=lambda: clock[0], **limits
+    )
+    assert offline_delays(supervisor, clock, len(delays)) == delays
+
+
+def test_a_first_connection_is_not_logged_as_a_reconnection(caplog):
+    caplog.set_level("INFO")
+    emu = MaestroEmulator()
+    try:
+        supervisor = ServoSupervisor(lambda: controller_for(emu), CAL)
+        assert supervisor.fault is None
+        supervisor.tip("kitchen")
+        assert "servo controller back" not in caplog.text
+        supervisor.close()
+    finally:
+        emu.stop()
+
+
+def test_a_reconnection_is_logged_once_and_the_next_failure_starts_the_backoff_afresh(
+    tmp_path, caplog, top_of_the_jitter
+):
+    caplog.set_level("INFO")
+    clock = [100.0]
+    by_id = tmp_path / "usb-Pololu_Maestro-if00"
+    supervisor = ServoSupervisor(
+        lambda: MaestroController(Link(str(by_id), 115200, 0.1)),
+        CAL,
+        clock=lambda: clock[0],
+    )
+    with pytest.raises(ActuatorFault):
+        supervisor.tip("kitchen")
+    assert f"servo fault: serial port {by_id} does not exist" in caplog.text
+    emu = MaestroEmulator()
+    try:
+        by_id.symlink_to(emu.port)
+        clock[0] = supervisor.retry_at
+        supervisor.tip("kitchen")
+        assert caplog.text.count("servo controller back after 1 failed attempts") == 1
+        supervisor.tip("other")
+        assert caplog.text.count("servo controller back") == 1
+        emu.mode = "silent"
+        with pytest.raises(ActuatorFault, match="sent nothing"):
+            supervisor.tip("kitchen")
+        assert supervisor.retry_at - clock[0] == 0.5
+    finally:
+        supervisor.close()
+        emu.stop()
+
+
+def test_a_controller_that_fails_its_first_ping_is_a_fault_with_the_reason():
+    emu = LineEmulator("silent")
+    try:
+        cfg = ServoConfig(port=emu.port, protocol="line", startup_s=0.1, reply_timeout_s=0.1)
+        supervisor = ServoSupervisor(lambda: open_controller(cfg), CAL)
+        with pytest.raises(ActuatorFault, match="sent nothing for PING"):
+            supervisor.tip("kitchen")
+        assert "sent nothing for PING" in supervisor.fault
+    finally:
+        emu.stop()
+
+
+def test_closing_the_supervisor_closes_the_port_and_a_later_tip_opens_it_again():
+    emu = MaestroEmulator()
+    links: list[Link] = []
+
+    def connect() -> MaestroController:
+        links.append(Link(emu.port, 115200, 0.2))
+        return MaestroController(links[-1])
+
+    try:
+        supervisor = ServoSupervisor(connect, CAL)
+        supervisor.tip("kitchen")
+        supervisor.close()
+        assert not links[0].port.is_open and supervisor.actuator is None
+        supervisor.tip("other")
+        assert len(links) == 2 and emu.positions[0] == 1900 * 4
+        supervisor.close()
+    finally:
+        emu.stop()
+
+
+def test_the_supervisor_says_where_the_tray_is_and_records_a_controller_that_goes_silent():
+    emu = MaestroEmulator()
+    try:
+        supervisor = ServoSupervisor(lambda: controller_for(emu), CAL)
+        supervisor.tip("kitchen")
+        assert supervisor.position_us() == 1300
+        emu.mode = "silent"
+        assert supervisor.position_us() is None
+        assert "sent nothing for get position" in supervisor.fault and supervisor.actuator is None
+    finally:
+        emu.stop()
+
+
+def test_the_supervisors_events_come_from_the_connected_controller_and_a_failed_poll_is_a_fault():
+    emu = LineEmulator()
+    try:
+        supervisor = ServoSupervisor(lambda: controller_for(emu), CAL)
+        assert supervisor.events() == []  # not connected yet
+        supervisor.tip("kitchen")
+        emu.press()
+        wait_for(lambda: supervisor.actuator.controller.link.port.in_waiting > 0, what="the event")
+        assert supervisor.events() == ["BUTTON"]
+        device_gone(supervisor.actuator.controller.link)
+        assert supervisor.events() == []
+        assert f"serial port {emu.port} vanished" in supervisor.fault and supervisor.actuator is None
+    finally:
+        emu.stop()
+
+
+def test_home_now_tries_at_once_whatever_the_backoff_and_plain_home_waits(tmp_path):
+    clock = [100.0]
+    by_id = tmp_path / "usb-Pololu_Maestro-if00"
+    supervisor = ServoSupervisor(
+        lambda: MaestroController(Link(str(by_id), 115200, 0.1)),
+        CAL,
+        clock=lambda: clock[0],
+    )
+    with pytest.raises(ActuatorFault, match="does not exist"):
+        supervisor.home()
+    emu = MaestroEmulator()
+    try:
+        by_id.symlink_to(emu.port)
+        with pytest.raises(ActuatorFault, match="offline .* next try in"):
+            supervisor.home()
+        supervisor.home(now=True)
+        assert emu.positions[0] == 1500 * 4
+        emu.mode = "silent"
+        with pytest.raises(ActuatorFault):
+            supervisor.home()
+        assert "sent nothing" in supervisor.fault
+    finally:
+        supervisor.close()
+        emu.stop()
+
+
+def test_a_failed_return_home_drops_the_connection_with_the_reason():
+    emu = MaestroEmulator()
+    try:
+        supervisor = ServoSupervisor(lambda: controller_for(emu), CAL)
+        supervisor.tip("kitchen")
+        supervisor.return_home()
+        assert emu.positions[0] == 1500 * 4
+        supervisor.tip("kitchen")
+        emu.mode = "stuck"
+        with pytest.raises(ActuatorFault, match="is at 1300 µs, not 1500 µs"):
+            supervisor.return_home()
+        assert "is at 1300 µs" in supervisor.fault and supervisor.actuator is None
+    finally:
+        emu.stop()
