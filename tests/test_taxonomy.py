@@ -224,13 +224,14 @@ def test_only_the_part_of_the_costs_that_is_wrong_is_named():
 def test_a_taxonomy_file_that_is_missing_or_not_text_names_the_file_and_the_fix(tmp_path):
     with pytest.raises(SmartbinError) as err:
         load_taxonomy(tmp_path / "nope.yaml")
-    assert str(tmp_path / "nope.yaml") in err.value.problem and "model.taxonomy" in err.value.fix
+    assert str(tmp_path / "nope.yaml") in err.value.problem
+    assert err.value.fix == "point model.taxonomy (or --taxonomy) at a file like config/taxonomy/cn-4bin.yaml"
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"\xff\xfe\x00bins")
     with pytest.raises(SmartbinError) as err:
         load_taxonomy(binary)
     assert f"taxonomy file {binary} cannot be read as UTF-8 text" in err.value.problem
-    assert "model.taxonomy" in err.value.fix
+    assert err.value.fix == "point model.taxonomy at the YAML file, or copy it again from config/taxonomy/"
 
 
 def test_errors_in_a_taxonomy_file_name_the_file(tmp_path):
@@ -260,3 +261,96 @@ def test_a_taxonomy_reads_the_same_under_a_non_utf8_locale():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert bytes.fromhex(done.stdout.strip()).decode("utf-8") == "有害垃圾"
+
+
+def without(costs: dict, bin_id: str) -> dict:
+    return {k: v for k, v in costs.items() if k != bin_id}
+
+
+COSTS_EXAMPLE = "costs: {hazardous: {recyclable: 20, kitchen: 20, other: 10, hazardous: 0}, ...}"
+
+
+@pytest.mark.parametrize(
+    "make, problem, fix",
+    [
+        (
+            lambda: parse_taxonomy(["recyclable"]),
+            "taxonomy: is not a mapping",
+            "a taxonomy has the keys name, bins, items, default_bin",
+        ),
+        (
+            lambda: parse_taxonomy({**base(), "bins": {}}, "t.yaml"),
+            "t.yaml: has no 'bins'",
+            "list the bins, e.g. bins: {recyclable: {name: Recyclable}}",
+        ),
+        (
+            lambda: parse_taxonomy({**base(), "bins": {**base()["bins"], "Bad Bin": {}}}, "t.yaml"),
+            "t.yaml: bin id 'Bad Bin' is not valid",
+            "use lowercase letters, digits, '-' or '_', starting with a letter",
+        ),
+        (
+            lambda: parse_taxonomy({**base(), "bins": {"recyclable": 3, "other": {}}}, "t.yaml"),
+            "t.yaml: bins.recyclable is not a mapping",
+            "give it a name: {name: ...}",
+        ),
+        (
+            lambda: parse_taxonomy({**base(), "default_bin": "landfill"}, "t.yaml"),
+            "t.yaml: default_bin 'landfill' is not one of the bins "
+            "['recyclable', 'kitchen', 'hazardous', 'other']",
+            "set default_bin to one of the bins declared under 'bins'",
+        ),
+        (
+            lambda: parse_taxonomy({**base(), "items": ["paper"]}, "t.yaml"),
+            "t.yaml: 'items' is not a mapping",
+            "write items as label: bin_id lines",
+        ),
+        (
+            lambda: parse_taxonomy({**base(), "ignore": "empty"}, "t.yaml"),
+            "t.yaml: 'ignore' is not a list",
+            "write ignore: [empty]",
+        ),
+        (
+            lambda: parse_taxonomy({**base(), "ignore": ["battery"]}, "t.yaml"),
+            "t.yaml: labels ['battery'] are both mapped and ignored",
+            "keep each label in one place",
+        ),
+        (
+            lambda: costed([1, 2]),
+            "t.yaml: 'costs' is not a mapping",
+            f"write one row per true bin, e.g. {COSTS_EXAMPLE}",
+        ),
+        (
+            lambda: costed({**full_costs(), "other": {**full_costs()["other"], "kitchen": "high"}}),
+            "t.yaml: costs.other.kitchen = 'high' is not a number",
+            "write a number, e.g. 1 or 20",
+        ),
+        (
+            lambda: costed({**full_costs(), "other": {**full_costs()["other"], "other": 3}}),
+            "t.yaml: costs.other.other = 3",
+            "the right bin costs nothing: write 0 or leave it out",
+        ),
+        (
+            lambda: costed({**without(full_costs(), "kitchen"), "glass": {"other": 1}}),
+            "t.yaml: costs name unknown bins ['glass']; have no row for bins ['kitchen']",
+            "give one row for each bin of ['recyclable', 'kitchen', 'hazardous', 'other'] (the item's true "
+            f"bin), e.g. {COSTS_EXAMPLE}",
+        ),
+        (
+            lambda: costed(without(full_costs(), "kitchen")),
+            "t.yaml: costs have no row for bins ['kitchen']",
+            "give one row for each bin of ['recyclable', 'kitchen', 'hazardous', 'other'] (the item's true "
+            f"bin), e.g. {COSTS_EXAMPLE}",
+        ),
+        (
+            lambda: costed({**full_costs(), "glass": {"other": 1}}),
+            "t.yaml: costs name unknown bins ['glass']",
+            "give one row for each bin of ['recyclable', 'kitchen', 'hazardous', 'other'] (the item's true "
+            f"bin), e.g. {COSTS_EXAMPLE}",
+        ),
+    ],
+)
+def test_each_refusal_says_exactly_what_is_wrong_and_how_to_fix_it(make, problem, fix):
+    """The words a technician reads in the log: pinned, so that a change to them is a decision."""
+    with pytest.raises(SmartbinError) as err:
+        make()
+    assert (err.value.problem, err.value.fix) == (problem, fix)
