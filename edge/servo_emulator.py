@@ -66,6 +66,12 @@ class PtyEmulator:
         self._thread.join(timeout=1)
         self.unplug()
 
+    def __enter__(self) -> PtyEmulator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
 
 # Bytes that follow each Maestro command byte.
 MAESTRO_PAYLOAD = {0x84: 3, 0x87: 3, 0x89: 3, 0x90: 1, 0x93: 0, 0xA1: 0}

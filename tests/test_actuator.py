@@ -118,8 +118,7 @@ def test_sort_moves_to_the_bin_and_returns_home(emulator):
 
 
 def test_addressed_protocol_reaches_only_its_board():
-    emu = MaestroEmulator(device=12)
-    try:
+    with MaestroEmulator(device=12) as emu:
         ours = MaestroController(Link(emu.port, 115200, 0.2), device=12)
         ours.move(1, 1200, 0.3)
         assert emu.positions[1] == 4800
@@ -128,8 +127,6 @@ def test_addressed_protocol_reaches_only_its_board():
             other.move(1, 1800, 0.1)
         assert emu.positions[1] == 4800
         assert emu.commands and all(c[0] == 0xAA for c in emu.commands)  # the error check too
-    finally:
-        emu.stop()
 
 
 # --- limits -------------------------------------------------------------------------
@@ -304,8 +301,7 @@ def test_open_controller_sets_the_maestros_speed_and_acceleration_on_its_own_boa
     from edge.actuator import open_controller
     from edge.config import ServoConfig
 
-    emu = MaestroEmulator(device=12)
-    try:
+    with MaestroEmulator(device=12) as emu:
         cfg = ServoConfig(
             port=emu.port, device_number=12, channel=2, speed=20, acceleration=5, tolerance_us=4
         )
@@ -315,24 +311,19 @@ def test_open_controller_sets_the_maestros_speed_and_acceleration_on_its_own_boa
         assert isinstance(controller, MaestroController)
         assert (controller.device, controller.tolerance_us) == (12, 4)
         controller.close()
-    finally:
-        emu.stop()
 
 
 def test_open_controller_waits_for_a_line_controller_and_gives_up_on_a_silent_one():
     from edge.actuator import open_controller
     from edge.config import ServoConfig
 
-    emu = LineEmulator()
-    try:
+    with LineEmulator() as emu:
         controller = open_controller(ServoConfig(port=emu.port, protocol="line", startup_s=0.5))
         assert isinstance(controller, LineController) and emu.lines[0] == "PING"
         controller.close()
         emu.mode = "silent"
         with pytest.raises(ActuatorFault, match="sent nothing for PING"):
             open_controller(ServoConfig(port=emu.port, protocol="line", startup_s=0.3, reply_timeout_s=0.1))
-    finally:
-        emu.stop()
 
 
 def test_the_calibration_is_the_configs_and_knows_a_bins_position_within_the_tolerance():
@@ -356,25 +347,19 @@ def test_the_calibration_is_the_configs_and_knows_a_bins_position_within_the_tol
 
 @pytest.mark.parametrize("kind", ["maestro", "line"])
 def test_the_controller_says_where_it_holds_the_tray(kind):
-    emu = MaestroEmulator() if kind == "maestro" else LineEmulator()
-    try:
+    with MaestroEmulator() if kind == "maestro" else LineEmulator() as emu:
         controller = controller_for(emu)
         controller.move(0, 1300, 0.3)
         assert controller.position_us(0) == 1300
         controller.close()
-    finally:
-        emu.stop()
 
 
 def test_a_garbled_position_answer_is_a_fault():
-    emu = LineEmulator()
-    try:
+    with LineEmulator() as emu:
         controller = controller_for(emu)
         emu.reply = lambda line: emu.send(b"OK 0 far-away\n")
         with pytest.raises(ActuatorFault, match="answered POS 0 with '0 far-away'"):
             controller.position_us(0)
-    finally:
-        emu.stop()
 
 
 def test_the_supervisor_cannot_say_where_the_tray_is_while_the_controller_is_offline(tmp_path):
@@ -406,13 +391,10 @@ def device_gone(link: Link) -> None:
 
 
 def test_a_link_opens_its_port_at_the_configured_baud_rate():
-    emu = MaestroEmulator()
-    try:
+    with MaestroEmulator() as emu:
         link = Link(emu.port, 57600, 0.2)
         assert link.port.baudrate == 57600
         link.close()
-    finally:
-        emu.stop()
 
 
 def test_a_write_nobody_reads_fails_instead_of_hanging_the_daemon():
@@ -462,35 +444,28 @@ def test_a_port_that_vanishes_while_an_answer_is_awaited_is_a_fault_naming_the_p
 
 
 def test_a_stale_byte_on_the_line_is_not_read_as_the_maestros_answer():
-    emu = MaestroEmulator()
-    try:
+    with MaestroEmulator() as emu:
         controller = controller_for(emu)
         emu.send(b"\x07")
         wait_for(lambda: controller.link.port.in_waiting == 1, what="the stale byte")
         assert controller.position_us(0) == 1500
         controller.close()
-    finally:
-        emu.stop()
 
 
 # --- the Maestro's moves ----------------------------------------------------------------
 
 
 def test_a_slow_servo_is_followed_until_it_arrives_and_confirmed_as_soon_as_it_does():
-    emu = MaestroEmulator(travel_reads=3)
-    try:
+    with MaestroEmulator(travel_reads=3) as emu:
         controller = controller_for(emu)
         controller.move(0, 1700, 0.5)
         assert emu.positions[0] == 6800
         assert [c[0] for c in emu.commands] == [0x84, 0x90, 0x90, 0x90, 0x90, 0xA1]
         controller.close()
-    finally:
-        emu.stop()
 
 
 def test_a_servo_that_stops_exactly_the_tolerance_short_has_arrived_and_a_hair_further_has_not():
-    emu = MaestroEmulator("stuck")
-    try:
+    with MaestroEmulator("stuck") as emu:
         controller = controller_for(emu)
         emu.positions[0] = 1690 * 4
         controller.move(0, 1700, 0.3)
@@ -498,8 +473,6 @@ def test_a_servo_that_stops_exactly_the_tolerance_short_has_arrived_and_a_hair_f
         with pytest.raises(ActuatorFault, match="is at 1689.75 µs, not 1700 µs"):
             controller.move(0, 1700, 0.1)
         controller.close()
-    finally:
-        emu.stop()
 
 
 def test_the_calibrated_limits_themselves_are_allowed():
@@ -517,13 +490,10 @@ def test_sort_reports_how_long_the_move_and_the_return_took(monkeypatch):
     def moved(channel: int, pulse_us: float) -> None:
         clock.now += 0.25
 
-    emu = LineEmulator(on_move=moved)
-    try:
+    with LineEmulator(on_move=moved) as emu:
         actuator = Actuator(controller_for(emu), CAL)
         assert actuator.sort("hazardous") == {"move_ms": 250.0, "home_ms": 250.0}
         actuator.controller.close()
-    finally:
-        emu.stop()
 
 
 # --- the line protocol --------------------------------------------------------------------
@@ -541,8 +511,7 @@ def test_sort_reports_how_long_the_move_and_the_return_took(monkeypatch):
     ],
 )
 def test_an_answer_the_protocol_does_not_allow_is_a_fault_that_quotes_it(command, answer, fault):
-    emu = LineEmulator(answers={command: answer})
-    try:
+    with LineEmulator(answers={command: answer}) as emu:
         controller = controller_for(emu)
         ask = {
             "PING": controller.ping,
@@ -553,36 +522,27 @@ def test_an_answer_the_protocol_does_not_allow_is_a_fault_that_quotes_it(command
             ask()
         assert fault in raised.value.reason
         controller.close()
-    finally:
-        emu.stop()
 
 
 def test_a_button_press_while_nothing_is_asked_is_reported():
-    emu = LineEmulator()
-    try:
+    with LineEmulator() as emu:
         controller = controller_for(emu)
         emu.press()
         wait_for(lambda: controller.link.port.in_waiting == len(b"EVT BUTTON\n"), what="the event")
         assert controller.events() == ["BUTTON"]
         controller.close()
-    finally:
-        emu.stop()
 
 
 def test_a_button_press_just_before_the_answer_to_ping_is_kept_and_the_answer_read():
-    emu = LineEmulator("event_first")
-    try:
+    with LineEmulator("event_first") as emu:
         controller = controller_for(emu)
         assert controller.ping() == "smartbin-servo 0.1.0 (line protocol)"
         assert controller.events() == ["BUTTON"]
         controller.close()
-    finally:
-        emu.stop()
 
 
 def test_a_button_line_that_arrives_in_two_pieces_between_polls_is_reported_once():
-    emu = LineEmulator()
-    try:
+    with LineEmulator() as emu:
         controller = controller_for(emu)
         emu.send(b"EVT BU")
         wait_for(lambda: controller.link.port.in_waiting == 6, what="the first piece")
@@ -592,13 +552,10 @@ def test_a_button_line_that_arrives_in_two_pieces_between_polls_is_reported_once
         assert controller.events() == ["BUTTON"]
         assert controller.events() == []
         controller.close()
-    finally:
-        emu.stop()
 
 
 def test_a_line_begun_before_a_command_and_finished_just_ahead_of_the_reply_is_read_whole():
-    emu = LineEmulator()
-    try:
+    with LineEmulator() as emu:
         controller = controller_for(emu)
         emu.send(b"EVT BU")
         wait_for(lambda: controller.link.port.in_waiting == 6, what="the first piece")
@@ -606,13 +563,10 @@ def test_a_line_begun_before_a_command_and_finished_just_ahead_of_the_reply_is_r
         controller.move(0, 1600, 1.0)
         assert controller.events() == ["BUTTON"] and emu.positions[0] == 1600
         controller.close()
-    finally:
-        emu.stop()
 
 
 def test_line_noise_that_is_not_ascii_is_dropped_between_requests():
-    emu = LineEmulator()
-    try:
+    with LineEmulator() as emu:
         controller = controller_for(emu)
         emu.send(b"\xff\xfe\x00noise\nEVT BUTTON\n")
         wait_for(lambda: controller.link.port.in_waiting == 20, what="the noise and the event")
@@ -622,19 +576,14 @@ def test_line_noise_that_is_not_ascii_is_dropped_between_requests():
         controller.move(0, 1600, 1.0)
         assert emu.positions[0] == 1600
         controller.close()
-    finally:
-        emu.stop()
 
 
 def test_a_line_controller_is_pinged_until_its_bootloader_has_finished():
-    emu = LineEmulator(lost_while_booting=2)
-    try:
+    with LineEmulator(lost_while_booting=2) as emu:
         controller = LineController(Link(emu.port, 115200, 0.1))
         assert controller.wait_ready(startup_s=10) == "smartbin-servo 0.1.0 (line protocol)"
         assert emu.lines == ["PING", "PING", "PING"]
         controller.close()
-    finally:
-        emu.stop()
 
 
 # --- the supervisor: backoff, logs, and each way in -----------------------------------------
@@ -677,15 +626,12 @@ def test_the_supervisor_waits_longer_after_each_failure_up_to_its_cap(
 
 def test_a_first_connection_is_not_logged_as_a_reconnection(caplog):
     caplog.set_level("INFO")
-    emu = MaestroEmulator()
-    try:
+    with MaestroEmulator() as emu:
         supervisor = ServoSupervisor(lambda: controller_for(emu), CAL)
         assert supervisor.fault is None
         supervisor.tip("kitchen")
         assert "servo controller back" not in caplog.text
         supervisor.close()
-    finally:
-        emu.stop()
 
 
 def test_a_reconnection_is_logged_once_and_the_next_failure_starts_the_backoff_afresh(
@@ -720,15 +666,12 @@ def test_a_reconnection_is_logged_once_and_the_next_failure_starts_the_backoff_a
 
 
 def test_a_controller_that_fails_its_first_ping_is_a_fault_with_the_reason():
-    emu = LineEmulator("silent")
-    try:
+    with LineEmulator("silent") as emu:
         cfg = ServoConfig(port=emu.port, protocol="line", startup_s=0.1, reply_timeout_s=0.1)
         supervisor = ServoSupervisor(lambda: open_controller(cfg), CAL)
         with pytest.raises(ActuatorFault, match="sent nothing for PING"):
             supervisor.tip("kitchen")
         assert "sent nothing for PING" in supervisor.fault
-    finally:
-        emu.stop()
 
 
 def test_closing_the_supervisor_closes_the_port_and_a_later_tip_opens_it_again():
@@ -752,21 +695,17 @@ def test_closing_the_supervisor_closes_the_port_and_a_later_tip_opens_it_again()
 
 
 def test_the_supervisor_says_where_the_tray_is_and_records_a_controller_that_goes_silent():
-    emu = MaestroEmulator()
-    try:
+    with MaestroEmulator() as emu:
         supervisor = ServoSupervisor(lambda: controller_for(emu), CAL)
         supervisor.tip("kitchen")
         assert supervisor.position_us() == 1300
         emu.mode = "silent"
         assert supervisor.position_us() is None
         assert "sent nothing for get position" in supervisor.fault and supervisor.actuator is None
-    finally:
-        emu.stop()
 
 
 def test_the_supervisors_events_come_from_the_connected_controller_and_a_failed_poll_is_a_fault():
-    emu = LineEmulator()
-    try:
+    with LineEmulator() as emu:
         supervisor = ServoSupervisor(lambda: controller_for(emu), CAL)
         assert supervisor.events() == []  # not connected yet
         supervisor.tip("kitchen")
@@ -776,8 +715,6 @@ def test_the_supervisors_events_come_from_the_connected_controller_and_a_failed_
         device_gone(supervisor.actuator.controller.link)
         assert supervisor.events() == []
         assert f"serial port {emu.port} vanished" in supervisor.fault and supervisor.actuator is None
-    finally:
-        emu.stop()
 
 
 def test_home_now_tries_at_once_whatever_the_backoff_and_plain_home_waits(tmp_path):
@@ -807,8 +744,7 @@ def test_home_now_tries_at_once_whatever_the_backoff_and_plain_home_waits(tmp_pa
 
 
 def test_a_failed_return_home_drops_the_connection_with_the_reason():
-    emu = MaestroEmulator()
-    try:
+    with MaestroEmulator() as emu:
         supervisor = ServoSupervisor(lambda: controller_for(emu), CAL)
         supervisor.tip("kitchen")
         supervisor.return_home()
@@ -818,5 +754,3 @@ def test_a_failed_return_home_drops_the_connection_with_the_reason():
         with pytest.raises(ActuatorFault, match="is at 1300 µs, not 1500 µs"):
             supervisor.return_home()
         assert "is at 1300 µs" in supervisor.fault and supervisor.actuator is None
-    finally:
-        emu.stop()
