@@ -122,6 +122,13 @@ class Harness:
     def daemon_log(self) -> str:
         return (self.folder / "daemon.log").read_text(errors="replace")
 
+    def wait_for(self, predicate, timeout_s: float, what: str) -> None:
+        """``wait_for``, with the end of the daemon's log as it is when the wait fails."""
+        try:
+            wait_for(predicate, timeout_s, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- the daemon's log ---\n{self.daemon_log()[-8000:]}") from None
+
 
 @needs_broker
 def test_sigkill_anywhere_in_the_move_cycle_counts_each_fallen_item_once(tmp_path, broker):
@@ -136,10 +143,8 @@ def test_sigkill_anywhere_in_the_move_cycle_counts_each_fallen_item_once(tmp_pat
     plan = [PHASES[n % 3] for n in range(KILLS)] + [None] * 3
     try:
         for phase in plan:
-            wait_for(
-                lambda: harness.item is None, 90, f"the item on the tray to be sorted\n{harness.daemon_log()}"
-            )
-            wait_for(harness.ready, 30, "the daemon to be ready")
+            harness.wait_for(lambda: harness.item is None, 90, "the item on the tray to be sorted")
+            harness.wait_for(harness.ready, 30, "the daemon to be ready")
             time.sleep(0.5)  # the tray comes home, the empty tray re-arms the trigger
             tipped = len(harness.tipped)
             harness.kill_on_move = phase == "as the servo moves"
@@ -147,14 +152,14 @@ def test_sigkill_anywhere_in_the_move_cycle_counts_each_fallen_item_once(tmp_pat
             if phase == "before the tip":
                 time.sleep(rng.uniform(0.0, 0.3))  # the trigger settles, the vote, the model
             else:
-                wait_for(lambda n=tipped: len(harness.tipped) > n, 90, f"the tip\n{harness.daemon_log()}")
+                harness.wait_for(lambda n=tipped: len(harness.tipped) > n, 90, "the tip")
                 if phase == "after the tip":
                     time.sleep(rng.uniform(0.0, 0.45))  # the count, the dwell (0.2 s), the return home
             if phase is not None:
                 kills[phase] += 1
                 harness.kill()
                 harness.start()
-        wait_for(lambda: harness.item is None, 90, "the last item to be sorted")
+        harness.wait_for(lambda: harness.item is None, 90, "the last item to be sorted")
         harness.child.send_signal(signal.SIGTERM)
         assert harness.child.wait(30) == 0
     finally:
