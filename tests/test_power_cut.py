@@ -144,7 +144,7 @@ def test_sigkill_anywhere_in_the_move_cycle_counts_each_fallen_item_once(tmp_pat
     try:
         for phase in plan:
             harness.wait_for(lambda: harness.item is None, 90, "the item on the tray to be sorted")
-            harness.wait_for(harness.ready, 30, "the daemon to be ready")
+            harness.wait_for(harness.ready, 60, "the daemon to be ready")
             time.sleep(0.5)  # the tray comes home, the empty tray re-arms the trigger
             tipped = len(harness.tipped)
             harness.kill_on_move = phase == "as the servo moves"
