@@ -8,15 +8,20 @@ service holds the camera and the serial port.
 
 from __future__ import annotations
 
+import socket
+import ssl
+import time
+from typing import Any
+
 import numpy as np
 
 from edge.actuator import ActuatorFault, open_controller
 from edge.classifier import load_classifier
-from edge.config import Config
+from edge.config import Config, MqttConfig
 from edge.errors import SmartbinError
 from edge.ledger import read_summary
 from edge.source import SourceFault, dark_view, is_black, open_source, source_fix
-from edge.telemetry import diagnose
+from edge.telemetry import Topics, make_client
 
 PARTS = ("model", "ledger", "camera", "servo", "mqtt")
 Result = tuple[str, bool, str]
@@ -84,7 +89,7 @@ def check_servo(config: Config) -> list[Result]:
 
 
 def check_mqtt(config: Config) -> list[Result]:
-    return [(f"mqtt {step}", ok, detail) for step, ok, detail in diagnose(config.mqtt, config.device_id)]
+    return [(f"mqtt {step}", ok, detail) for step, ok, detail in diagnose_mqtt(config.mqtt, config.device_id)]
 
 
 CHECKS = {
@@ -103,3 +108,76 @@ def run_checks(config: Config, parts: tuple[str, ...] = PARTS):
             yield from CHECKS[part](config)
         except SmartbinError as exc:
             yield part, False, f"{exc.problem}; fix: {exc.fix}" if exc.fix else exc.problem
+
+
+def diagnose_mqtt(cfg: MqttConfig, device_id: str, timeout_s: float = 5.0) -> list[Result]:
+    """Connect step by step, DNS, TCP, TLS, auth, ACL, and say exactly which step fails."""
+    steps: list[Result] = []
+    where = f"{cfg.host}:{cfg.port}"
+    try:
+        address = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM)[0][4]
+        steps.append(("dns", True, f"{cfg.host} is {address[0]}"))
+    except socket.gaierror as exc:
+        return [("dns", False, f"cannot resolve {cfg.host}: {exc.strerror}; check mqtt.host")]
+    try:
+        sock = socket.create_connection((cfg.host, cfg.port), timeout=timeout_s)
+        steps.append(("tcp", True, f"{where} accepts connections"))
+    except OSError as exc:
+        return steps + [
+            (
+                "tcp",
+                False,
+                f"{where}: {exc.strerror or exc}; is the broker running, is a firewall in the way?",
+            )
+        ]
+    if cfg.ca_file:
+        try:
+            context = ssl.create_default_context(cafile=cfg.ca_file)
+            if cfg.cert_file:
+                context.load_cert_chain(cfg.cert_file, cfg.key_file)
+            with context.wrap_socket(sock, server_hostname=cfg.host):
+                steps.append(("tls", True, f"certificate of {cfg.host} verified with {cfg.ca_file}"))
+        except (ssl.SSLError, OSError) as exc:
+            return steps + [
+                ("tls", False, f"{getattr(exc, 'reason', None) or exc}; check mqtt.ca_file and mqtt.host")
+            ]
+    else:
+        sock.close()
+    topics = Topics(f"{cfg.topic_prefix}/{device_id}")
+    client = make_client(cfg, f"{device_id}-test", topics)
+    result: dict[str, Any] = {}
+    client.on_connect = lambda c, u, f, rc, p: result.setdefault("connack", rc)
+    client.on_message = lambda c, u, m: result.setdefault("echo", m.payload)
+    client.on_subscribe = lambda c, u, mid, rcs, p: result.setdefault("suback", rcs)
+    deadline = time.monotonic() + timeout_s
+    try:
+        client.connect(cfg.host, cfg.port, 10)
+        while "connack" not in result and time.monotonic() < deadline:
+            client.loop(0.05)
+        connack = result.get("connack")
+        if connack is None or connack.is_failure:
+            return steps + [
+                (
+                    "auth",
+                    False,
+                    f"broker refused: {connack or 'no answer'}; check mqtt.username and the password",
+                )
+            ]
+        steps.append(("auth", True, f"logged in as {cfg.username or 'anonymous'}"))
+        probe = f"{topics.prefix}/mqtt-test"
+        client.subscribe(probe, qos=1)
+        client.publish(probe, b"smartbin mqtt test", qos=1)
+        while "echo" not in result and time.monotonic() < deadline:
+            client.loop(0.05)
+        if "echo" not in result:
+            return steps + [
+                (
+                    "acl",
+                    False,
+                    f"publish/subscribe on {topics.prefix}/# is refused for this user; check the ACL",
+                )
+            ]
+        steps.append(("acl", True, f"may publish and subscribe under {topics.prefix}/"))
+    finally:
+        client.disconnect()
+    return steps

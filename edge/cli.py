@@ -32,7 +32,6 @@ from edge.errors import SmartbinError
 from edge.evaluation import format_scores, plot_confusion, score_predictions
 from edge.images import expand_paths, labelled_images, read_image
 from edge.ledger import read_summary
-from edge.telemetry import diagnose
 
 log = logging.getLogger("smartbin")
 
@@ -395,7 +394,7 @@ def cmd_counts(args: argparse.Namespace) -> int:
 
 def cmd_mqtt(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    steps = diagnose(config.mqtt, config.device_id)
+    steps = check.diagnose_mqtt(config.mqtt, config.device_id)
     for step, ok, detail in steps:
         print(f"{'ok  ' if ok else 'FAIL'}  {step:<5} {detail}")
     return 0 if all(ok for _, ok, _ in steps) else 1
