@@ -9,7 +9,7 @@ figures are the training run's own measurement of the float model on the same
 photos (models/household34-mnv2/report.json): the bundle ships only the int8
 model, so the float one cannot be re-run from a clean clone.
 
-The sweep runs the bin decision (edge.decision.decide) at each confidence
+The sweep runs the bin decision (edge.model.decision.decide) at each confidence
 threshold: the share of items sent to the fallback bin, the bin accuracy of
 the rest, and the accuracy over all items when the fallback bin counts as
 right only for items that belong in it. It writes the curve as a PNG.
@@ -47,7 +47,7 @@ def with_hazard_factor(taxonomy, factor: float):
 
 
 def bin_metrics(pred: list[str], truth: list[str], bins: list[str]) -> dict:
-    from edge.evaluation import confusion_matrix, misrouted, scores
+    from edge.model.evaluation import confusion_matrix, misrouted, scores
 
     r = scores(
         confusion_matrix([bins.index(t) for t in truth], [bins.index(p) for p in pred], len(bins)), bins
@@ -66,7 +66,7 @@ def bin_metrics(pred: list[str], truth: list[str], bins: list[str]) -> dict:
 
 def cost_sweep(probs: np.ndarray, truth_bins: list[str], folders: list[str], labels, taxonomy) -> list[dict]:
     """Per factor: the four-bin figures over all photos and per data folder."""
-    from edge.evaluation import predicted_bins
+    from edge.model.evaluation import predicted_bins
 
     rows = []
     for factor in FACTORS:
@@ -122,7 +122,7 @@ def plot_costs(val: list[dict], test: list[dict], chosen: float, path) -> None:
 
 
 def sweep(probs: np.ndarray, truth_bins: list[str], labels: list[str], taxonomy) -> list[dict]:
-    from edge.decision import decide
+    from edge.model.decision import decide
 
     rows = []
     for t in THRESHOLDS:
@@ -182,11 +182,11 @@ def main() -> None:
     bundle = Path(args.model)
     from tqdm import tqdm
 
-    from edge.bundle import load_bundle
-    from edge.classifier import Classifier
     from edge.config import ModelConfig
-    from edge.evaluation import score_predictions
     from edge.images import read_image
+    from edge.model.bundle import load_bundle
+    from edge.model.classifier import Classifier
+    from edge.model.evaluation import score_predictions
 
     splits = {name: json.loads((bundle / f"{name}_split.json").read_text()) for name in ("test", "val")}
     if not (SHARED / "garbage12").is_dir():

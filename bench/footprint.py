@@ -32,10 +32,10 @@ def rss_mib() -> float:
 
 
 def memory(frames: int, tmp: Path) -> dict:
+    from edge.camera.simulation import SimulatedTray
     from edge.config import Config
-    from edge.daemon import Daemon
-    from edge.servo_emulator import MaestroEmulator
-    from edge.simulation import SimulatedTray
+    from edge.service.daemon import Daemon
+    from edge.servo.emulator import MaestroEmulator
 
     tray = SimulatedTray(synthetic=frames // 10 + 10, fps=0)
     emulator = MaestroEmulator(on_move=tray.servo_moved)
@@ -68,8 +68,8 @@ def memory(frames: int, tmp: Path) -> dict:
 def cold_start(tmp: Path, runs: int) -> list[float]:
     import cv2
 
-    from edge.servo_emulator import MaestroEmulator
-    from edge.simulation import empty_tray
+    from edge.camera.simulation import empty_tray
+    from edge.servo.emulator import MaestroEmulator
 
     frames = tmp / "frames"
     frames.mkdir()

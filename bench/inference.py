@@ -30,9 +30,9 @@ SKIPPED = 3  # a worker's exit status when it cannot measure; its last line says
 
 
 def frames(n: int) -> tuple[np.ndarray, str]:
-    from edge.bundle import load_bundle
     from edge.images import read_image
-    from edge.preprocess import prepare
+    from edge.model.bundle import load_bundle
+    from edge.model.preprocess import prepare
 
     spec = load_bundle(BUNDLE).input_spec
     photos = test_photos(n)
@@ -43,9 +43,9 @@ def frames(n: int) -> tuple[np.ndarray, str]:
 
 
 def time_int8(pixels: np.ndarray, threads: int, repeat: int) -> tuple[dict, str]:
-    """The shipped bundle through whichever interpreter this environment has (edge.classifier's chain)."""
-    from edge.bundle import load_bundle
-    from edge.classifier import Classifier
+    """The shipped bundle through whichever interpreter this environment has (edge.model.classifier)."""
+    from edge.model.bundle import load_bundle
+    from edge.model.classifier import Classifier
 
     classifier = Classifier(load_bundle(BUNDLE), threads=threads)
     tensors = [classifier.tensor_from_pixels(p) for p in pixels]
@@ -101,8 +101,8 @@ def float_times(pixels: np.ndarray, threads: int, repeat: int) -> dict[str, dict
         from host_training.model import build_classifier, resolve_weights
     except ImportError as exc:
         return f"TensorFlow is not installed ({exc}); pip install 'smartbin[bench]'"
-    from edge.classifier import open_interpreter
     from edge.errors import SmartbinError
+    from edge.model.classifier import open_interpreter
     from host_training.quantize import convert
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)

@@ -5,7 +5,7 @@
 
 Real photos, each laid on the simulated tray as a 640x480 camera frame and
 saved as JPEG (what a USB camera sends), are replayed from a folder
-(edge.source.FolderSource) and go through the functions the daemon calls, in
+(edge.camera.sources.FolderSource) and go through the functions the daemon calls, in
 its order: capture (reading and decoding the JPEG frame), the trigger's frame analysis, preprocessing, invoke,
 the decision, the servo move to the bin and back (a Maestro emulated on a
 pty: serial writes and the read-back that confirms each move; no dwell), the
@@ -36,18 +36,18 @@ def run(
 ) -> dict:
     import cv2
 
-    from edge.actuator import Calibration, ServoSupervisor, open_controller
-    from edge.bundle import load_bundle
-    from edge.classifier import Classifier
+    from edge.camera.simulation import empty_tray, place_item
+    from edge.camera.sources import FolderSource
+    from edge.camera.trigger import PresenceTrigger
     from edge.config import MqttConfig, ServoConfig, TriggerConfig
-    from edge.decision import decide
     from edge.images import read_image
     from edge.ledger import Ledger, SortedItem
-    from edge.servo_emulator import MaestroEmulator
-    from edge.simulation import empty_tray, place_item
-    from edge.source import FolderSource
-    from edge.telemetry import Telemetry
-    from edge.trigger import PresenceTrigger
+    from edge.model.bundle import load_bundle
+    from edge.model.classifier import Classifier
+    from edge.model.decision import decide
+    from edge.mqtt.telemetry import Telemetry
+    from edge.servo.actuator import Calibration, ServoSupervisor, open_controller
+    from edge.servo.emulator import MaestroEmulator
     from tests.broker import Broker, mosquitto_path, wait_for
 
     folder = tmp / "frames"

@@ -35,7 +35,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from edge.preprocess import InputSpec
+    from edge.model.preprocess import InputSpec
     from host_training.features import cached_activations
     from host_training.model import build_classifier, cut_layer_name, resolve_weights, split_model
 

@@ -296,13 +296,13 @@ class MqttConfig:
     )
 
 
-# The network streams edge.source hands to OpenCV as they are.
+# The network streams edge.camera.sources hands to OpenCV as they are.
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://")
 CAMERA_INDEX_MAX = 255  # /dev/video0 to /dev/video255, what V4L2 numbers
 
 
 def camera_source(source: Union[int, str]) -> bool:
-    """What edge.source can open or report as a fault: an index OpenCV's C int takes (a larger one,
+    """What edge.camera.sources can open or report as a fault: an index OpenCV's C int takes (a larger one,
     or a 4300-digit one, raised past the fault handling), and text that is a pipeline, a stream URL or
     a path the OS can take (a 256-byte name raised OSError from stat())."""
     if isinstance(source, int):

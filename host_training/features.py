@@ -17,11 +17,11 @@ import numpy as np
 from tqdm import tqdm
 
 from edge.images import read_image
-from edge.preprocess import InputSpec, prepare
+from edge.model.preprocess import InputSpec, prepare
 
 
 def load_prepared(files: Sequence[Path], spec: InputSpec) -> np.ndarray:
-    """Photos as the edge would feed them: (n, h, w, 3) uint8 via ``edge.preprocess.prepare``."""
+    """Photos as the edge would feed them: (n, h, w, 3) uint8 via ``edge.model.preprocess.prepare``."""
     with ThreadPoolExecutor(max_workers=4) as pool:
         return np.stack(list(pool.map(lambda f: prepare(read_image(f), spec), files)))
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.evaluation import misrouted, plot_confusion
+from edge.model.evaluation import misrouted, plot_confusion
 from host_training.data import SPLITS, Split
 from host_training.settings import TrainSettings
 

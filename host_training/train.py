@@ -26,13 +26,13 @@ import numpy as np
 from tqdm import tqdm
 
 import edge
-from edge.bundle import bundle_meta, load_bundle, write_bundle
-from edge.classifier import Classifier
 from edge.errors import SmartbinError
-from edge.evaluation import score_predictions
 from edge.images import label_folders
-from edge.preprocess import InputSpec
-from edge.taxonomy import Taxonomy, load_taxonomy
+from edge.model.bundle import bundle_meta, load_bundle, write_bundle
+from edge.model.classifier import Classifier
+from edge.model.evaluation import score_predictions
+from edge.model.preprocess import InputSpec
+from edge.model.taxonomy import Taxonomy, load_taxonomy
 from host_training.data import SPLITS, Split, class_weights, export_subset, make_split
 from host_training.features import (
     cache_key,

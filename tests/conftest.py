@@ -104,8 +104,8 @@ def broker(tmp_path):
 @pytest.fixture()
 def emulator():
     """A Maestro emulated on a real pty, tipping a simulated tray of three synthetic items (``.tray``)."""
-    from edge.servo_emulator import MaestroEmulator
-    from edge.simulation import SimulatedTray
+    from edge.camera.simulation import SimulatedTray
+    from edge.servo.emulator import MaestroEmulator
 
     tray = SimulatedTray(synthetic=3, fps=0)
     e = MaestroEmulator(on_move=tray.servo_moved)

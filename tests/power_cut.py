@@ -15,11 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.cli import setup_logging
+from edge.camera.simulation import empty_tray, place_item, synthetic_item
+from edge.camera.sources import Pacer
 from edge.config import load_config
-from edge.daemon import Daemon
-from edge.simulation import empty_tray, place_item, synthetic_item
-from edge.source import Pacer
+from edge.service.cli import setup_logging
+from edge.service.daemon import Daemon
 
 
 class TrayFileCamera:

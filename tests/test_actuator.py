@@ -12,7 +12,10 @@ from functools import partial
 
 import pytest
 
-from edge.actuator import (
+from edge.config import ServoConfig
+from edge.errors import SmartbinError
+from edge.retry import backoff_delay
+from edge.servo.actuator import (
     Actuator,
     ActuatorFault,
     Calibration,
@@ -29,10 +32,7 @@ from edge.actuator import (
     set_speed,
     set_target,
 )
-from edge.backoff import backoff_delay
-from edge.config import ServoConfig
-from edge.errors import SmartbinError
-from edge.servo_emulator import LineEmulator, MaestroEmulator
+from edge.servo.emulator import LineEmulator, MaestroEmulator
 from tests.broker import wait_for
 
 CAL = Calibration(
@@ -298,8 +298,8 @@ def test_button_events_are_kept_whether_they_arrive_between_or_before_replies():
 
 
 def test_open_controller_sets_the_maestros_speed_and_acceleration_on_its_own_board():
-    from edge.actuator import open_controller
     from edge.config import ServoConfig
+    from edge.servo.actuator import open_controller
 
     with MaestroEmulator(device=12) as emu:
         cfg = ServoConfig(
@@ -314,8 +314,8 @@ def test_open_controller_sets_the_maestros_speed_and_acceleration_on_its_own_boa
 
 
 def test_open_controller_waits_for_a_line_controller_and_gives_up_on_a_silent_one():
-    from edge.actuator import open_controller
     from edge.config import ServoConfig
+    from edge.servo.actuator import open_controller
 
     with LineEmulator() as emu:
         controller = open_controller(ServoConfig(port=emu.port, protocol="line", startup_s=0.5))
@@ -484,7 +484,7 @@ def test_sort_reports_how_long_the_move_and_the_return_took(monkeypatch):
     """On a clock that only the servo moves: each confirmed move takes 250 ms of it."""
     clock = types.SimpleNamespace(now=100.0)
     monkeypatch.setattr(
-        "edge.actuator.time", types.SimpleNamespace(monotonic=lambda: clock.now, sleep=time.sleep)
+        "edge.servo.actuator.time", types.SimpleNamespace(monotonic=lambda: clock.now, sleep=time.sleep)
     )
 
     def moved(channel: int, pulse_us: float) -> None:
@@ -592,7 +592,7 @@ def test_a_line_controller_is_pinged_until_its_bootloader_has_finished():
 @pytest.fixture()
 def top_of_the_jitter(monkeypatch):
     """The real backoff, with its random half pinned at its largest: each delay is its whole step."""
-    monkeypatch.setattr("edge.actuator.backoff_delay", partial(backoff_delay, rng=lambda: 1.0))
+    monkeypatch.setattr("edge.servo.actuator.backoff_delay", partial(backoff_delay, rng=lambda: 1.0))
 
 
 def offline_delays(supervisor: ServoSupervisor, clock: list[float], failures: int) -> list[float]:

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from edge.bundle import load_bundle
-from edge.classifier import Classifier
 from edge.errors import SmartbinError
-from edge.taxonomy import load_taxonomy, parse_taxonomy
+from edge.model.bundle import load_bundle
+from edge.model.classifier import Classifier
+from edge.model.taxonomy import load_taxonomy, parse_taxonomy
 from tests.conftest import REPO, needs_data, needs_weights
 
 pytestmark = [needs_data, needs_weights]

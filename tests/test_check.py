@@ -12,10 +12,10 @@ from pathlib import Path
 import cv2
 import pytest
 
-from edge.cli import main
-from edge.servo_emulator import MaestroEmulator
-from edge.simulation import empty_tray
-from edge.source import opencv_has_gstreamer
+from edge.camera.simulation import empty_tray
+from edge.camera.sources import opencv_has_gstreamer
+from edge.service.cli import main
+from edge.servo.emulator import MaestroEmulator
 from tests.broker import Broker, Subscriber, free_port, mosquitto_path, wait_for
 from tests.conftest import GARBAGE12, REPO, SHIPPED, real_photos
 

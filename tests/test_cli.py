@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from edge.cli import main
+from edge.service.cli import main
 from tests.conftest import GARBAGE12, REPO, SHIPPED, make_photo_folder, needs_data, real_photos
 
 
@@ -110,7 +110,7 @@ def test_errors_are_one_clear_message(tmp_path, capsys):
 def test_no_interpreter_installed_says_what_to_install():
     hide = "; ".join(f"sys.modules[{m!r}] = None" for m in ("ai_edge_litert", "tflite_runtime", "tensorflow"))
     photo = str(real_photos("paper", 1)[0])
-    code = f"import sys; {hide}; from edge.cli import main; sys.exit(main(['classify', {photo!r}]))"
+    code = f"import sys; {hide}; from edge.service.cli import main; sys.exit(main(['classify', {photo!r}]))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 2
     assert "no TFLite interpreter is installed" in out.stderr and "tflite-runtime" in out.stderr

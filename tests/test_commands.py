@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.commands import COMMANDS, CommandError, parse_command
+from edge.mqtt.commands import COMMANDS, CommandError, parse_command
 
 
 def test_valid_commands():

@@ -7,7 +7,6 @@ from typing import Dict, Optional
 import pytest
 import yaml
 
-from edge.cli import main
 from edge.config import (
     Config,
     MqttConfig,
@@ -23,6 +22,7 @@ from edge.config import (
     shown,
 )
 from edge.errors import SmartbinError
+from edge.service.cli import main
 
 
 def test_defaults_without_a_file():
@@ -114,7 +114,7 @@ def test_a_binary_or_unreadable_file_is_a_clear_error(tmp_path):
 
 
 def test_a_binary_config_exits_2_with_the_fix(tmp_path, capsys):
-    from edge.cli import main
+    from edge.service.cli import main
 
     p = tmp_path / "smartbin.yaml"
     p.write_bytes(bytes(range(256)) * 4)

@@ -45,13 +45,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge.camera.simulation import SimulatedTray
+from edge.camera.sources import STREAM_SCHEMES, SourceFault, open_source
 from edge.config import DEFAULT_BUNDLE, REPO_ROOT, Config, parse_config
 from edge.config import _coerce as coerce  # a key's own type check, as parse_config applies it
-from edge.daemon import Daemon
 from edge.errors import SmartbinError
-from edge.servo_emulator import LineEmulator, MaestroEmulator
-from edge.simulation import SimulatedTray
-from edge.source import STREAM_SCHEMES, SourceFault, open_source
+from edge.service.daemon import Daemon
+from edge.servo.emulator import LineEmulator, MaestroEmulator
 from tests.broker import free_port
 
 # --- the schema, from the dataclasses -------------------------------------------------------
@@ -574,8 +574,8 @@ def skipped_camera_source(source: Any) -> bool:
 
 
 def test_every_valid_camera_source_opens_or_is_a_source_fault():
-    """``smartbin run`` opens ``camera.source`` through edge.source; what passes validation opens or is
-    a SourceFault (retried with backoff), never another exception. Left out: stream URLs (they would
+    """``smartbin run`` opens ``camera.source`` through edge.camera.sources; what passes validation opens
+    or is a SourceFault (retried with backoff), never another exception. Left out: stream URLs (they would
     dial out), folders that exist (a folder source reads every image under it) and cameras present
     on this machine."""
     _, tp, f = next(k for k in KEYS if k[0] == ("camera", "source"))

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import edge.daemon
-from edge.daemon import Daemon, resolve_move, tray_file
+import edge.service.daemon
+from edge.camera.simulation import SimulatedTray
 from edge.ledger import Ledger, SortedItem
-from edge.servo_emulator import LineEmulator, MaestroEmulator
-from edge.simulation import SimulatedTray
+from edge.service.daemon import Daemon, resolve_move, tray_file
+from edge.servo.emulator import LineEmulator, MaestroEmulator
 from tests.broker import Subscriber, wait_for
 from tests.conftest import fill
 from tests.test_daemon import Running, bin_moves, config_for, needs_broker
@@ -207,7 +207,7 @@ def test_every_manual_sort_of_an_empty_tray_is_refused_and_never_counted(tmp_pat
 
 
 def test_an_exception_in_the_loop_is_a_fault_and_sorting_goes_on(tmp_path, emulator, monkeypatch, caplog):
-    real = edge.daemon.load_classifier
+    real = edge.service.daemon.load_classifier
     failures = []
 
     def load_classifier(cfg):
@@ -223,7 +223,7 @@ def test_an_exception_in_the_loop_is_a_fault_and_sorting_goes_on(tmp_path, emula
         classifier.predict = flaky
         return classifier
 
-    monkeypatch.setattr(edge.daemon, "load_classifier", load_classifier)
+    monkeypatch.setattr(edge.service.daemon, "load_classifier", load_classifier)
     seen = []
     daemon = Daemon(
         config_for(tmp_path, emulator.port), opener=lambda cfg: emulator.tray, on_sorted=seen.append

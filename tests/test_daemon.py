@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from edge.camera.simulation import SimulatedTray
+from edge.camera.sources import SourceFault
 from edge.config import Config
-from edge.daemon import Daemon
 from edge.ledger import Ledger
-from edge.sdnotify import Notifier
-from edge.servo_emulator import LineEmulator, MaestroEmulator
-from edge.simulation import SimulatedTray
-from edge.source import SourceFault
+from edge.service.daemon import Daemon
+from edge.service.notify import Notifier
+from edge.servo.emulator import LineEmulator, MaestroEmulator
 from tests.broker import Subscriber, free_port, mosquitto_path, wait_for
 
 needs_broker = pytest.mark.skipif(

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from edge.decision import bin_probabilities, decide
-from edge.taxonomy import parse_taxonomy
+from edge.model.decision import bin_probabilities, decide
+from edge.model.taxonomy import parse_taxonomy
 
 TAX = parse_taxonomy(
     {

@@ -13,13 +13,13 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.classifier import load_classifier
+from edge.camera.simulation import empty_tray, place_item
 from edge.config import DEFAULT_THRESHOLD, Config, ModelConfig
 from edge.images import read_image
 from edge.ledger import Ledger
-from edge.servo_emulator import MaestroEmulator
-from edge.simulation import empty_tray, place_item
-from edge.taxonomy import load_taxonomy
+from edge.model.classifier import load_classifier
+from edge.model.taxonomy import load_taxonomy
+from edge.servo.emulator import MaestroEmulator
 from tests.broker import Broker, Subscriber, mosquitto_path, wait_for
 from tests.conftest import GARBAGE12, REPO, real_photos
 from tests.test_daemon import NotifySocket, bin_moves

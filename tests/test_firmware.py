@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from edge.servo_emulator import LineEmulator
+from edge.servo.emulator import LineEmulator
 from tests.conftest import REPO
 
 FIRMWARE = REPO / "deploy" / "firmware"
@@ -104,7 +104,7 @@ def simulated_board(tmp_path_factory):
 
 @needs_simavr
 def test_real_firmware_through_the_real_driver(simulated_board):
-    from edge.actuator import ActuatorFault, LineController, Link
+    from edge.servo.actuator import ActuatorFault, LineController, Link
 
     controller = LineController(Link(simulated_board.port, 115200, 0.5))
     assert (
@@ -131,7 +131,7 @@ def test_real_firmware_through_the_real_driver(simulated_board):
 
 @needs_simavr
 def test_servo_cycle_cli_against_the_simulated_board(simulated_board, tmp_path, capsys):
-    from edge.cli import main
+    from edge.service.cli import main
 
     config = tmp_path / "smartbin.yaml"
     config.write_text(f"servo:\n  protocol: line\n  port: {simulated_board.port}\n  dwell_s: 0\n")
@@ -145,7 +145,7 @@ def test_servo_cycle_cli_against_the_simulated_board(simulated_board, tmp_path, 
 def test_the_button_on_d2_reaches_the_driver_as_one_event(simulated_board):
     import time
 
-    from edge.actuator import LineController, Link
+    from edge.servo.actuator import LineController, Link
 
     controller = LineController(Link(simulated_board.port, 115200, 0.5))
     controller.wait_ready(3.0)

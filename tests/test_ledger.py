@@ -263,7 +263,7 @@ def test_a_failing_migration_leaves_the_old_schema_and_counts(tmp_path, monkeypa
 
 
 def test_counts_cli(tmp_path, capsys):
-    from edge.cli import main
+    from edge.service.cli import main
 
     path = tmp_path / "state" / "ledger.db"
     ledger = Ledger(path)

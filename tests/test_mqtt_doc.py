@@ -7,8 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from edge.daemon import Daemon
-from edge.trigger import TriggerState
+from edge.camera.trigger import TriggerState
+from edge.service.daemon import Daemon
 from tests.broker import Subscriber, wait_for
 from tests.test_daemon import config_for, needs_broker
 from tests.test_telemetry import live, publish, replies  # noqa: F401 (fixture)

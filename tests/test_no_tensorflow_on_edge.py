@@ -41,15 +41,15 @@ def imported_names(tree: ast.AST) -> list[tuple[int, str]]:
 
 
 def last_resort_runtime(tree: ast.AST, path: Path) -> set[int]:
-    """The one allowed mention: edge/classifier.py's ``RUNTIMES`` names tf.lite as the interpreter of
+    """The one allowed mention: edge/model/classifier.py's ``RUNTIMES`` names tf.lite as the interpreter of
     last resort (imported only when neither LiteRT nor tflite-runtime is installed). The ids of its
     string nodes."""
-    if path != REPO / "edge" / "classifier.py":
+    if path != REPO / "edge" / "model" / "classifier.py":
         return set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "RUNTIMES" for t in node.targets):
             return {id(c) for c in ast.walk(node.value) if isinstance(c, ast.Constant)}
-    raise AssertionError("edge/classifier.py has no RUNTIMES: update this test's allowance")
+    raise AssertionError("edge/model/classifier.py has no RUNTIMES: update this test's allowance")
 
 
 def test_edge_sources_import_no_tensorflow():
@@ -146,7 +146,7 @@ def test_classifying_real_photos_leaves_tensorflow_unimported():
     photos = [str(p) for p in real_photos("battery", 2) + real_photos("shoes", 1)]
     code = (
         "import sys, runpy\n"
-        "from edge.cli import main\n"
+        "from edge.service.cli import main\n"
         f"rc = main(['classify', '--model', {str(SHIPPED)!r}, *{photos!r}])\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         f"{FORBIDDEN!r})\n"

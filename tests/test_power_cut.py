@@ -27,7 +27,7 @@ import yaml
 
 from edge.config import Config
 from edge.ledger import Ledger
-from edge.servo_emulator import MaestroEmulator
+from edge.servo.emulator import MaestroEmulator
 from tests.broker import Subscriber, wait_for
 from tests.test_daemon import needs_broker
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from edge.errors import SmartbinError
-from edge.preprocess import InputSpec, center_square, dequantize, prepare, quantize
+from edge.model.preprocess import InputSpec, center_square, dequantize, prepare, quantize
 
 
 def test_center_crop_keeps_the_middle_square():

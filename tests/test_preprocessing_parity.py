@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from edge.bundle import load_bundle
-from edge.classifier import Classifier
 from edge.images import read_image
+from edge.model.bundle import load_bundle
+from edge.model.classifier import Classifier
 from host_training.features import load_prepared
 from tests.conftest import TINY_CLASSES, needs_data, needs_weights, real_photos
 

@@ -6,8 +6,8 @@ bin's runtime (the tensor types it reads and writes), not how well the model cla
 import numpy as np
 import pytest
 
-from edge.bundle import load_bundle
-from edge.classifier import Classifier, open_interpreter
+from edge.model.bundle import load_bundle
+from edge.model.classifier import Classifier, open_interpreter
 from host_training.quantize import convert, predict_int8
 from tests.conftest import SHIPPED
 

@@ -4,9 +4,9 @@ import io
 
 import pytest
 
-from edge.cli import main
 from edge.config import Config, load_config
-from edge.servo_emulator import LineEmulator, MaestroEmulator
+from edge.service.cli import main
+from edge.servo.emulator import LineEmulator, MaestroEmulator
 from tests.conftest import REPO
 
 CONFIG = """\

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from edge.bundle import load_bundle
-from edge.cli import main
+from edge.model.bundle import load_bundle
+from edge.service.cli import main
 from tests.conftest import GARBAGE12, SHIPPED, needs_data
 
 

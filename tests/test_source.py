@@ -6,9 +6,17 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.camera.simulation import empty_tray
+from edge.camera.sources import (
+    Camera,
+    CaptureSource,
+    FolderSource,
+    SourceFault,
+    dark_view,
+    open_source,
+    source_kind,
+)
 from edge.config import CameraConfig
-from edge.simulation import empty_tray
-from edge.source import Camera, CaptureSource, FolderSource, SourceFault, dark_view, open_source, source_kind
 
 
 class Clock:

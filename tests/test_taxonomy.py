@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from edge.errors import SmartbinError
-from edge.taxonomy import load_taxonomy, parse_taxonomy
+from edge.model.taxonomy import load_taxonomy, parse_taxonomy
 from tests.conftest import GARBAGE12, REPO
 
 DEFAULT = REPO / "config" / "taxonomy" / "cn-4bin.yaml"
@@ -254,7 +254,7 @@ def test_a_taxonomy_reads_the_same_under_a_non_utf8_locale():
     import sys
 
     code = (
-        "from edge.taxonomy import load_taxonomy; "
+        "from edge.model.taxonomy import load_taxonomy; "
         f"print(load_taxonomy({str(DEFAULT)!r}).bins['hazardous'].local_name.encode('utf-8').hex())"
     )
     env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}

@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-import edge.telemetry
+import edge.mqtt.telemetry
 from edge.config import MqttConfig
 from edge.ledger import Ledger, Pending, SortedItem
-from edge.telemetry import INFLIGHT_LIMIT, Telemetry, Topics, outbox_fault
+from edge.mqtt.telemetry import INFLIGHT_LIMIT, Telemetry, Topics, outbox_fault
 from tests.broker import Broker, Subscriber, mosquitto_path, wait_for
 from tests.conftest import REPO, fill
 
@@ -89,7 +89,7 @@ def test_events_state_and_counts_reach_a_subscriber(broker, tmp_path):
 
 
 def test_a_broker_outage_loses_nothing(broker, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="edge.telemetry")
+    caplog.set_level(logging.INFO, logger="edge.mqtt.telemetry")
     sub = Subscriber(broker.port, "smartbin/bin-1/#")
     broker.wait_for_autosave()  # the subscriber's persistent session outlives the SIGKILL below
     ledger = Ledger(tmp_path / "l.db")
@@ -123,9 +123,9 @@ CLIENT = """
 import sys, time, uuid
 from edge.config import MqttConfig
 from edge.ledger import Ledger, SortedItem
-import edge.telemetry
+import edge.mqtt.telemetry
 from edge.ledger import Pending
-from edge.telemetry import INFLIGHT_LIMIT, Telemetry, Topics, outbox_fault
+from edge.mqtt.telemetry import INFLIGHT_LIMIT, Telemetry, Topics, outbox_fault
 port, db, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 ledger = Ledger(db)
 t = Telemetry(MqttConfig(host="127.0.0.1", port=port, keepalive_s=5, reconnect_max_s=1), "bin-9", ledger)
@@ -172,9 +172,9 @@ UNACKNOWLEDGED_CLIENT = """
 import sys, time, uuid
 from edge.config import MqttConfig
 from edge.ledger import Ledger, SortedItem
-import edge.telemetry
+import edge.mqtt.telemetry
 from edge.ledger import Pending
-from edge.telemetry import INFLIGHT_LIMIT, Telemetry, Topics, outbox_fault
+from edge.mqtt.telemetry import INFLIGHT_LIMIT, Telemetry, Topics, outbox_fault
 port, db, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 ledger = Ledger(db)
 t = Telemetry(MqttConfig(host="127.0.0.1", port=port, keepalive_s=30, reconnect_max_s=1), "bin-9", ledger)
@@ -494,7 +494,7 @@ def test_home_assistant_discovery_and_reannounce(live):
 
 
 def mqtt_test(tmp_path, capsys, **mqtt) -> tuple[int, str]:
-    from edge.cli import main
+    from edge.service.cli import main
 
     config = tmp_path / "mqtt.yaml"
     config.write_text("device_id: bin-8\nmqtt:\n" + "".join(f"  {k}: {v}\n" for k, v in mqtt.items()))
@@ -603,12 +603,12 @@ def sort_ids(ledger: Ledger, n: int) -> set[str]:
 
 
 def tracebacks(caplog) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "edge.telemetry" and r.exc_info]
+    return [r for r in caplog.records if r.name == "edge.mqtt.telemetry" and r.exc_info]
 
 
 def test_a_full_disk_under_the_ledger_is_a_fault_and_delivery_resumes(broker, small_disk, caplog):
     """The broker's PUBACK cannot be written to the ledger (on_publish raises inside paho's loop)."""
-    caplog.set_level(logging.INFO, logger="edge.telemetry")
+    caplog.set_level(logging.INFO, logger="edge.mqtt.telemetry")
     ledger = Ledger(small_disk / "l.db")
     ids = sort_ids(ledger, 5)
     fill(small_disk)
@@ -692,7 +692,7 @@ def test_notify_starts_a_new_thread_when_the_telemetry_thread_died(broker, tmp_p
 
 
 def test_events_dropped_past_the_outbox_limit_are_a_fault_until_it_drains(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="edge.telemetry")
+    caplog.set_level(logging.INFO, logger="edge.mqtt.telemetry")
     from tests.broker import free_port
 
     port = free_port()  # nothing listens there yet
@@ -772,7 +772,7 @@ def test_a_dead_telemetry_thread_is_the_mqtt_fault_with_its_reason(offline):
 
 def test_each_failure_in_the_thread_backs_off_further_and_is_logged_once(offline, monkeypatch, caplog):
     calls = []
-    monkeypatch.setattr(edge.telemetry, "backoff_delay", lambda *args: calls.append(args) or 1.5)
+    monkeypatch.setattr(edge.mqtt.telemetry, "backoff_delay", lambda *args: calls.append(args) or 1.5)
     for _ in range(2):
         try:
             raise ValueError("boom")
@@ -873,7 +873,7 @@ def test_a_stop_waits_for_rows_in_the_outbox_and_in_flight_but_not_for_an_unread
 
 
 def test_dropping_a_half_broken_connection_goes_on_and_keeps_the_traceback_at_debug(offline, caplog):
-    caplog.set_level(logging.DEBUG, logger="edge.telemetry")
+    caplog.set_level(logging.DEBUG, logger="edge.mqtt.telemetry")
     broken = RuntimeError("socket half closed")
 
     def disconnect():
@@ -883,6 +883,6 @@ def test_dropping_a_half_broken_connection_goes_on_and_keeps_the_traceback_at_de
     offline.connected = offline.listening = True
     offline._drop()
     assert not offline.connected and not offline.listening
-    [record] = [r for r in caplog.records if r.name == "edge.telemetry"]
+    [record] = [r for r in caplog.records if r.name == "edge.mqtt.telemetry"]
     assert record.levelno == logging.DEBUG and record.getMessage() == "mqtt: disconnect failed"
     assert record.exc_info[1] is broken

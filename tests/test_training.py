@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bundle import load_bundle
-from edge.cli import main as smartbin
+from edge.model.bundle import load_bundle
+from edge.service.cli import main as smartbin
 from host_training.cli import main as train
 from host_training.data import Photo, Split, assign_splits, group_near_duplicates
 from tests.conftest import TINY_LABELS, WEIGHTS, make_photo_folder, needs_data, needs_weights

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from edge.config import TriggerConfig
-from edge.simulation import SimulatedTray, empty_tray, place_item, synthetic_item
-from edge.trigger import (
+from edge.camera.simulation import SimulatedTray, empty_tray, place_item, synthetic_item
+from edge.camera.trigger import (
     ContinuousTrigger,
     ManualTrigger,
     PresenceTrigger,
@@ -16,6 +15,7 @@ from edge.trigger import (
     make_trigger,
     save_tray,
 )
+from edge.config import TriggerConfig
 
 
 class Clock:

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from edge.config import DEFAULT_THRESHOLD
-from edge.taxonomy import Taxonomy
+from edge.model.taxonomy import Taxonomy
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,6 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
-from edge import check, demo, servo_cli
-from edge.classifier import Classifier, load_classifier
 from edge.config import (
     DEFAULT_BUNDLE,
     REFERENCE_HEADER,
@@ -26,12 +24,15 @@ from edge.config import (
     load_config,
     set_keys,
 )
-from edge.daemon import Daemon, pid_file
-from edge.decision import decide
 from edge.errors import SmartbinError
-from edge.evaluation import format_scores, plot_confusion, score_predictions
 from edge.images import expand_paths, labelled_images, read_image
 from edge.ledger import read_summary
+from edge.model.classifier import Classifier, load_classifier
+from edge.model.decision import decide
+from edge.model.evaluation import format_scores, plot_confusion, score_predictions
+from edge.service import check, demo
+from edge.service.daemon import Daemon, pid_file
+from edge.servo import cli as servo_cli
 
 log = logging.getLogger("smartbin")
 

@@ -16,7 +16,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from edge.decision import Decision
+from edge.model.decision import Decision
 
 log = logging.getLogger(__name__)
 

@@ -104,7 +104,7 @@ def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str | Path, title
 def predicted_bins(probs: np.ndarray, labels: Sequence[str], taxonomy: Any) -> list[str]:
     """The bin the taxonomy's decision chooses for each row of item probabilities (no threshold):
     the least expected cost, which is the most probable bin when the taxonomy has no costs."""
-    from edge.decision import bin_probabilities, choose_bin
+    from edge.model.decision import bin_probabilities, choose_bin
 
     return [choose_bin(bin_probabilities(row, labels, taxonomy), taxonomy) for row in np.atleast_2d(probs)]
 

@@ -8,7 +8,7 @@ Topics (prefix ``<topic_prefix>/<device_id>``), the contract dashboards rely on:
 | state            | yes      | 1   | JSON: counts, total, uptime, model id, faults, ...  |
 | count/<bin>      | yes      | 1   | integer                                             |
 | event            | no       | 1   | JSON per sorted item                                |
-| cmd/<name>       | no       | 1   | commands in (``edge.commands``)                     |
+| cmd/<name>       | no       | 1   | commands in (``edge.mqtt.commands``)                     |
 | reply            | no       | 1   | one JSON reply per command                          |
 
 With ``mqtt.ha_discovery`` the bin announces itself to Home Assistant under
@@ -48,11 +48,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 import edge
-from edge.backoff import backoff_delay
-from edge.commands import Command, CommandError, parse_command
 from edge.config import MqttConfig
 from edge.errors import SmartbinError
 from edge.ledger import Ledger, Pending
+from edge.mqtt.commands import Command, CommandError, parse_command
+from edge.retry import backoff_delay
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 camera → trigger → classifier (K frames) → decision → servo → ledger → telemetry
 
-One thread runs the loop; telemetry has its own (edge.telemetry). A fault in
+One thread runs the loop; telemetry has its own (edge.mqtt.telemetry). A fault in
 one part (camera, servo controller, broker, ledger disk) never stops the
 process: the part is retried with backoff, the state topic and the log say
 which part is down, and the rest carries on. An exception in the loop itself is
@@ -46,17 +46,8 @@ from typing import Any, Callable
 import numpy as np
 
 import edge
-from edge.actuator import ActuatorFault, Calibration, Controller, ServoSupervisor, open_controller
-from edge.classifier import Classifier, load_classifier
-from edge.config import Config, ServoConfig, load_config
-from edge.decision import Decision, decide
-from edge.errors import SmartbinError
-from edge.ledger import Ledger, SortedItem, open_ledger, state_directory
-from edge.review import save_for_review
-from edge.sdnotify import Notifier
-from edge.source import Camera, FrameSource, open_source
-from edge.telemetry import Telemetry
-from edge.trigger import (
+from edge.camera.sources import Camera, FrameSource, open_source
+from edge.camera.trigger import (
     Trigger,
     TriggerState,
     analysis_view,
@@ -65,6 +56,15 @@ from edge.trigger import (
     make_trigger,
     save_tray,
 )
+from edge.config import Config, ServoConfig, load_config
+from edge.errors import SmartbinError
+from edge.ledger import Ledger, SortedItem, open_ledger, state_directory
+from edge.model.classifier import Classifier, load_classifier
+from edge.model.decision import Decision, decide
+from edge.mqtt.telemetry import Telemetry
+from edge.service.notify import Notifier
+from edge.service.review import save_for_review
+from edge.servo.actuator import ActuatorFault, Calibration, Controller, ServoSupervisor, open_controller
 
 log = logging.getLogger("smartbin.daemon")
 
@@ -116,7 +116,7 @@ def pid_file(config: Config) -> Path:
 
 
 def tray_file(config: Config) -> Path:
-    """The learned empty tray, kept across restarts (edge.trigger.save_tray)."""
+    """The learned empty tray, kept across restarts (edge.camera.trigger.save_tray)."""
     return state_folder(config) / "empty-tray.npz"
 
 

@@ -23,9 +23,9 @@ from typing import Callable, Protocol
 
 import serial
 
-from edge.backoff import backoff_delay
 from edge.config import ServoConfig
 from edge.errors import SmartbinError
+from edge.retry import backoff_delay
 
 log = logging.getLogger(__name__)
 

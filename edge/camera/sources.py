@@ -11,7 +11,7 @@
 | ``clip.mp4``                   | video file, replayed at ``replay_fps``   |
 | ``frames/``                    | folder of images, replayed in name order |
 
-(``smartbin demo`` adds a simulated tray camera, ``edge.simulation``.)
+(``smartbin demo`` adds a simulated tray camera, ``edge.camera.simulation``.)
 
 :class:`Camera` wraps one for the daemon: a source that fails or turns black
 is a fault, reopened with backoff; a dark or covered view is reported and its
@@ -29,10 +29,10 @@ from typing import Any, Callable, Protocol, Union
 import cv2
 import numpy as np
 
-from edge.backoff import backoff_delay
 from edge.config import STREAM_SCHEMES, CameraConfig
 from edge.errors import SmartbinError
 from edge.images import IMAGE_SUFFIXES, list_images, read_image
+from edge.retry import backoff_delay
 
 log = logging.getLogger(__name__)
 

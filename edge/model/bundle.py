@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import SmartbinError
-from edge.preprocess import InputSpec
-from edge.taxonomy import Taxonomy, parse_taxonomy
+from edge.model.preprocess import InputSpec
+from edge.model.taxonomy import Taxonomy, parse_taxonomy
 
 FORMAT = "smartbin-model-bundle"
 FORMAT_VERSION = 1

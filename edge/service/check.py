@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from edge.actuator import ActuatorFault, open_controller
-from edge.classifier import load_classifier
+from edge.camera.sources import SourceFault, dark_view, is_black, open_source, source_fix
 from edge.config import Config, MqttConfig
 from edge.errors import SmartbinError
 from edge.ledger import read_summary
-from edge.source import SourceFault, dark_view, is_black, open_source, source_fix
-from edge.telemetry import Topics, make_client
+from edge.model.classifier import load_classifier
+from edge.mqtt.telemetry import Topics, make_client
+from edge.servo.actuator import ActuatorFault, open_controller
 
 PARTS = ("model", "ledger", "camera", "servo", "mqtt")
 Result = tuple[str, bool, str]

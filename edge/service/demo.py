@@ -1,7 +1,7 @@
 """``smartbin demo``: the real daemon on a bench with no hardware.
 
 What is simulated, and how:
-- the camera: a simulated tray (edge.simulation) on which each photo given
+- the camera: a simulated tray (edge.camera.simulation) on which each photo given
   with ``--source`` (or a drawn synthetic item) is placed in turn; a video
   file given with ``--source`` is replayed as the camera instead;
 - the servo controller: a Pololu Maestro emulated on a pseudo-terminal,
@@ -20,13 +20,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edge.camera.simulation import SimulatedTray
+from edge.camera.sources import open_source
 from edge.config import Config
-from edge.daemon import Daemon
 from edge.images import IMAGE_SUFFIXES, expand_paths
 from edge.ledger import SortedItem, read_summary
-from edge.servo_emulator import MaestroEmulator
-from edge.simulation import SimulatedTray
-from edge.source import open_source
+from edge.service.daemon import Daemon
+from edge.servo.emulator import MaestroEmulator
 
 
 def broker_answers(host: str, port: int, timeout_s: float = 0.5) -> bool:

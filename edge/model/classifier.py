@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from edge.bundle import Bundle, load_bundle
 from edge.config import DEFAULT_BUNDLE, ModelConfig
 from edge.errors import SmartbinError
-from edge.preprocess import dequantize, prepare, quantize
-from edge.taxonomy import load_taxonomy
+from edge.model.bundle import Bundle, load_bundle
+from edge.model.preprocess import dequantize, prepare, quantize
+from edge.model.taxonomy import load_taxonomy
 
 RUNTIMES = (
     ("ai_edge_litert.interpreter", "ai-edge-litert"),

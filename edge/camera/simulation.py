@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.camera.sources import Pacer
 from edge.images import read_image
-from edge.source import Pacer
 
 FRAME_HEIGHT, FRAME_WIDTH = 480, 640
 TIP_US = 50.0  # a servo this far from home has tipped the tray

@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from edge.actuator import Actuator, ActuatorFault, Calibration, open_controller
 from edge.config import ServoConfig, add_config_option, load_config, set_keys
 from edge.errors import SmartbinError
+from edge.servo.actuator import Actuator, ActuatorFault, Calibration, open_controller
 
 HELP = """\
 examples:

@@ -1,0 +1,1 @@
+"""``model:``: the bundle, its preprocessing, the classifier, the taxonomy and the bin decision."""
