@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 import threading
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ from typing import Callable, Iterator
 
 from edge.config import LedgerConfig
 from edge.errors import SmartbinError
+from edge.paths import ledger_file
 
 
 def run_script(db: sqlite3.Connection, script: str) -> None:
@@ -105,24 +105,8 @@ class Pending:
     payload: str
 
 
-SERVICE_STATE = Path("/var/lib/smartbin")
-
-
-def state_directory() -> Path:
-    """Where the service keeps its state: systemd's $STATE_DIRECTORY when it runs as the service;
-    for a technician's `smartbin counts` or `smartbin sort` on the bin, the service's folder;
-    elsewhere (a workstation, the tests) the working folder."""
-    if os.environ.get("STATE_DIRECTORY"):
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    return SERVICE_STATE if SERVICE_STATE.is_dir() else Path(".")
-
-
-def default_path() -> Path:
-    return state_directory() / "ledger.db"
-
-
 def open_ledger(cfg: LedgerConfig) -> Ledger:
-    return Ledger(cfg.path or default_path(), cfg.max_pending_events, cfg.keep_events)
+    return Ledger(ledger_file(cfg), cfg.max_pending_events, cfg.keep_events)
 
 
 @dataclass(frozen=True)

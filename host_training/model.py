@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 
 from edge.errors import SmartbinError
+from edge.paths import SHARED
 
 WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 LAST_BLOCK = 16
@@ -27,9 +28,8 @@ def weights_candidates() -> list[Path]:
     found = []
     if os.environ.get("SMARTBIN_WEIGHTS"):
         found.append(Path(os.environ["SMARTBIN_WEIGHTS"]))
-    repo = Path(__file__).resolve().parent.parent
     found += [
-        repo.parent / "shared" / "weights" / WEIGHTS_FILE,
+        SHARED / "weights" / WEIGHTS_FILE,
         Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / WEIGHTS_FILE,
     ]
     return found

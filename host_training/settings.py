@@ -12,10 +12,9 @@ from typing import List, Optional
 
 import yaml
 
-from edge.config import REPO_ROOT, build_dataclass, opt
 from edge.errors import SmartbinError
-
-PRESETS = REPO_ROOT / "config" / "training"
+from edge.paths import TAXONOMIES, TRAINING_PRESETS
+from edge.schema import build_dataclass, opt
 
 
 @dataclass
@@ -26,7 +25,7 @@ class TrainSettings:
     )
     out: str = opt("runs/latest", "run folder: split, cache, checkpoints, report, bundle")
     weights: Optional[str] = opt(None, "ImageNet MobileNetV2 .h5 (no top); empty = look in the usual places")
-    taxonomy: str = opt(str(REPO_ROOT / "config/taxonomy/cn-4bin.yaml"), "taxonomy the model is trained for")
+    taxonomy: str = opt(str(TAXONOMIES / "cn-4bin.yaml"), "taxonomy the model is trained for")
     model_id: Optional[str] = opt(None, "bundle id; empty = <data>-mnv2-<date>")
     mode: str = opt(
         "cached",
@@ -110,9 +109,9 @@ def load_settings(preset: str | None, overrides: dict) -> TrainSettings:
     if preset:
         path = Path(preset)
         if not path.suffix:
-            path = PRESETS / f"{preset}.yaml"
+            path = TRAINING_PRESETS / f"{preset}.yaml"
         if not path.is_file():
-            known = ", ".join(p.stem for p in sorted(PRESETS.glob("*.yaml")))
+            known = ", ".join(p.stem for p in sorted(TRAINING_PRESETS.glob("*.yaml")))
             raise SmartbinError(f"training preset {preset} not found", f"use one of: {known}, or a YAML path")
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         source = str(path)

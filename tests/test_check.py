@@ -12,8 +12,8 @@ from pathlib import Path
 import cv2
 import pytest
 
+from edge.camera.kinds import opencv_has_gstreamer
 from edge.camera.simulation import empty_tray
-from edge.camera.sources import opencv_has_gstreamer
 from edge.service.cli import main
 from edge.servo.emulator import MaestroEmulator
 from tests.broker import Broker, Subscriber, free_port, mosquitto_path, wait_for

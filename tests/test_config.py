@@ -11,17 +11,12 @@ from edge.config import (
     Config,
     MqttConfig,
     add_config_option,
-    build_dataclass,
-    describe,
-    key_type,
     load_config,
-    opt,
     parse_config,
-    read_yaml,
     set_keys,
-    shown,
 )
 from edge.errors import SmartbinError
+from edge.schema import build_dataclass, describe, key_type, opt, read_yaml, shown
 from edge.service.cli import main
 
 
@@ -32,7 +27,7 @@ def test_defaults_without_a_file():
 
 
 def test_reference_lists_every_key_and_parses_back():
-    text = describe()
+    text = describe(Config)
     assert "threshold" in text and "# bin confidence below" in text
     assert parse_config(yaml.safe_load(text)) == Config()
 
@@ -316,7 +311,7 @@ def test_shown_cuts_a_long_value_to_80_characters():
 
 
 def test_the_reference_lists_every_section_and_key_in_order():
-    text = describe()
+    text = describe(Config)
     parsed = yaml.safe_load(text)
     assert list(parsed) == [f.name for f in dataclasses.fields(Config)]
     for f in dataclasses.fields(Config):
@@ -394,7 +389,7 @@ def test_yaml_errors_say_where_and_how_to_fix_them(tmp_path):
     ],
 )
 def test_key_type_is_the_declared_type_of_a_dotted_key(dotted, tp):
-    assert key_type(dotted) == tp
+    assert key_type(dotted, Config) == tp
 
 
 def config_set(path, *items) -> int:

@@ -45,11 +45,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge.camera.kinds import STREAM_SCHEMES, open_source
 from edge.camera.simulation import SimulatedTray
-from edge.camera.sources import STREAM_SCHEMES, SourceFault, open_source
-from edge.config import DEFAULT_BUNDLE, REPO_ROOT, Config, parse_config
-from edge.config import _coerce as coerce  # a key's own type check, as parse_config applies it
+from edge.camera.sources import SourceFault
+from edge.config import Config, parse_config
 from edge.errors import SmartbinError
+from edge.paths import DEFAULT_BUNDLE, REPO_ROOT
+from edge.schema import _coerce as coerce  # a key's own type check, as parse_config applies it
 from edge.service.daemon import Daemon
 from edge.servo.emulator import LineEmulator, MaestroEmulator
 from tests.broker import free_port
@@ -574,7 +576,7 @@ def skipped_camera_source(source: Any) -> bool:
 
 
 def test_every_valid_camera_source_opens_or_is_a_source_fault():
-    """``smartbin run`` opens ``camera.source`` through edge.camera.sources; what passes validation opens
+    """``smartbin run`` opens ``camera.source`` through edge.camera.kinds; what passes validation opens
     or is a SourceFault (retried with backoff), never another exception. Left out: stream URLs (they would
     dial out), folders that exist (a folder source reads every image under it) and cameras present
     on this machine."""

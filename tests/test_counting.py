@@ -24,7 +24,8 @@ import pytest
 import edge.service.daemon
 from edge.camera.simulation import SimulatedTray
 from edge.ledger import Ledger, SortedItem
-from edge.service.daemon import Daemon, resolve_move, tray_file
+from edge.paths import tray_file
+from edge.service.daemon import Daemon, resolve_move
 from edge.servo.emulator import LineEmulator, MaestroEmulator
 from tests.broker import Subscriber, wait_for
 from tests.conftest import fill

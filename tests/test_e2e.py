@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from edge.camera.simulation import empty_tray, place_item
-from edge.config import DEFAULT_THRESHOLD, Config, ModelConfig
+from edge.config import Config, ModelConfig
 from edge.images import read_image
 from edge.ledger import Ledger
 from edge.model.classifier import load_classifier
+from edge.model.decision import DEFAULT_THRESHOLD
 from edge.model.taxonomy import load_taxonomy
 from edge.servo.emulator import MaestroEmulator
 from tests.broker import Broker, Subscriber, mosquitto_path, wait_for

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge import ledger as ledger_module
+from edge import paths
 from edge.config import LedgerConfig
 from edge.errors import SmartbinError
 from edge.ledger import Ledger, LedgerSummary, SortedItem, open_ledger, read_summary
@@ -287,17 +288,17 @@ def test_counts_cli(tmp_path, capsys):
 def test_the_ledger_is_found_where_the_service_keeps_it(tmp_path, monkeypatch):
     """systemd's $STATE_DIRECTORY; else, for a technician on the bin, the service's folder; else here."""
     service = tmp_path / "var-lib-smartbin"
-    monkeypatch.setattr(ledger_module, "SERVICE_STATE", service)
+    monkeypatch.setattr(paths, "SERVICE_STATE", service)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
-    assert ledger_module.default_path() == Path("ledger.db")
+    assert paths.ledger_file(LedgerConfig()) == Path("ledger.db")
     service.mkdir()
-    assert ledger_module.default_path() == service / "ledger.db"
+    assert paths.ledger_file(LedgerConfig()) == service / "ledger.db"
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "systemd"))
-    assert ledger_module.default_path() == tmp_path / "systemd" / "ledger.db"
+    assert paths.ledger_file(LedgerConfig()) == tmp_path / "systemd" / "ledger.db"
     # several StateDirectory= entries: systemd joins them with ':'; the ledger goes in the first
     monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path / 'first'}:{tmp_path / 'second'}")
-    assert ledger_module.default_path() == tmp_path / "first" / "ledger.db"
+    assert paths.ledger_file(LedgerConfig()) == tmp_path / "first" / "ledger.db"
 
 
 def test_a_move_is_written_ahead_and_ended_by_its_count_or_by_parking(tmp_path):

@@ -6,16 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.camera.kinds import CAMERA_KINDS, open_source, source_kind
 from edge.camera.simulation import empty_tray
-from edge.camera.sources import (
-    Camera,
-    CaptureSource,
-    FolderSource,
-    SourceFault,
-    dark_view,
-    open_source,
-    source_kind,
-)
+from edge.camera.sources import CaptureSource, FolderSource, SourceFault
+from edge.camera.supervisor import Camera, dark_view
 from edge.config import CameraConfig
 
 
@@ -44,6 +38,24 @@ def frame(value: int) -> np.ndarray:
 )
 def test_the_source_kind_follows_the_value(source, kind):
     assert source_kind(source) == kind
+
+
+def test_a_kind_added_to_the_registry_opens_its_sources_and_names_its_fix(monkeypatch, tmp_path):
+    """A new camera kind is one registry entry: the opener, the fix and the config reference follow."""
+    from edge.camera import kinds
+    from edge.config import Config
+    from edge.schema import describe
+
+    opened = []
+    fake = kinds.CameraKind(
+        "test", "a test:// camera", lambda s: str(s).startswith("test://"), opened.append, "fix it"
+    )
+    monkeypatch.setattr(kinds, "CAMERA_KINDS", {"test": fake, **kinds.CAMERA_KINDS})
+    open_source(CameraConfig(source="test://one"))
+    assert [cfg.source for cfg in opened] == ["test://one"]
+    assert kinds.source_fix("test://one") == "fix it" and source_kind("clip.mp4") == "video"
+    reference = describe(Config)
+    assert all(kind.help in reference for kind in CAMERA_KINDS.values())
 
 
 def test_a_folder_replays_in_name_order_and_skips_unreadable_frames(tmp_path, caplog):

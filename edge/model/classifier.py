@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from edge.config import DEFAULT_BUNDLE, ModelConfig
+from edge.config import ModelConfig
 from edge.errors import SmartbinError
 from edge.model.bundle import Bundle, load_bundle
 from edge.model.preprocess import dequantize, prepare, quantize
 from edge.model.taxonomy import load_taxonomy
+from edge.paths import DEFAULT_BUNDLE
 
 RUNTIMES = (
     ("ai_edge_litert.interpreter", "ai-edge-litert"),

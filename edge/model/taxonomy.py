@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from edge.config import read_yaml
 from edge.errors import SmartbinError
+from edge.schema import read_yaml
 
 BIN_ID = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 MAX_COST = 1e6

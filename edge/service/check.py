@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from edge.camera.sources import SourceFault, dark_view, is_black, open_source, source_fix
+from edge.camera.kinds import open_source, source_fix
+from edge.camera.sources import SourceFault
+from edge.camera.supervisor import dark_view, is_black
 from edge.config import Config, MqttConfig
 from edge.errors import SmartbinError
 from edge.ledger import read_summary

@@ -14,24 +14,17 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
-from edge.config import (
-    DEFAULT_BUNDLE,
-    REFERENCE_HEADER,
-    Config,
-    add_config_option,
-    describe,
-    key_type,
-    load_config,
-    set_keys,
-)
+from edge.config import REFERENCE_HEADER, Config, add_config_option, load_config, set_keys
 from edge.errors import SmartbinError
 from edge.images import expand_paths, labelled_images, read_image
 from edge.ledger import read_summary
 from edge.model.classifier import Classifier, load_classifier
 from edge.model.decision import decide
 from edge.model.evaluation import format_scores, plot_confusion, score_predictions
+from edge.paths import DEFAULT_BUNDLE, pid_file
+from edge.schema import describe, key_type
 from edge.service import check, demo
-from edge.service.daemon import Daemon, pid_file
+from edge.service.daemon import Daemon
 from edge.servo import cli as servo_cli
 
 log = logging.getLogger("smartbin")
@@ -357,7 +350,7 @@ def cmd_config(args: argparse.Namespace) -> int:
             raise SmartbinError(
                 "--file needs at least one --set KEY=VALUE", "or leave out --file to print the reference"
             )
-        print(describe())
+        print(describe(Config))
         return 0
     if not args.file:
         raise SmartbinError("--set needs --file PATH", "name the config file to change")
@@ -368,12 +361,12 @@ def cmd_config(args: argparse.Namespace) -> int:
             raise SmartbinError(f"--set {item!r} is not KEY=VALUE", "e.g. --set mqtt.host=broker.lan")
         key = key.strip()
         parsed = yaml.safe_load(value) if value else None
-        if key_type(key) in (str, Optional[str]) and parsed is not None:
+        if key_type(key, Config) in (str, Optional[str]) and parsed is not None:
             parsed = value  # an id like 42 or 2024-01 stays the text it is
         values[key] = parsed
     path = Path(args.file)
     if not path.exists():
-        path.write_text(REFERENCE_HEADER + describe() + "\n", encoding="utf-8")
+        path.write_text(REFERENCE_HEADER + describe(Config) + "\n", encoding="utf-8")
     set_keys(path, values)
     print(f"{path}: set {', '.join(values)}")
     return 0

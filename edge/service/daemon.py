@@ -40,13 +40,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 import edge
-from edge.camera.sources import Camera, FrameSource, open_source
+from edge.camera.kinds import open_source
+from edge.camera.sources import FrameSource
+from edge.camera.supervisor import Camera
 from edge.camera.trigger import (
     Trigger,
     TriggerState,
@@ -58,10 +59,11 @@ from edge.camera.trigger import (
 )
 from edge.config import Config, ServoConfig, load_config
 from edge.errors import SmartbinError
-from edge.ledger import Ledger, SortedItem, open_ledger, state_directory
+from edge.ledger import Ledger, SortedItem, open_ledger
 from edge.model.classifier import Classifier, load_classifier
 from edge.model.decision import Decision, decide
 from edge.mqtt.telemetry import Telemetry
+from edge.paths import pid_file, review_folder, tray_file
 from edge.service.notify import Notifier
 from edge.service.review import save_for_review
 from edge.servo.actuator import ActuatorFault, Calibration, Controller, ServoSupervisor, open_controller
@@ -104,20 +106,6 @@ def resolve_move(at_bin: bool | None, tray_shows_item: bool | None) -> str:
     if at_bin is None and tray_shows_item is False:
         return "counted"  # the controller cannot say; the item has left the tray
     return "parked"
-
-
-def state_folder(config: Config) -> Path:
-    """The ledger's folder: the pid file and the review folder live beside it."""
-    return Path(config.ledger.path).parent if config.ledger.path else state_directory()
-
-
-def pid_file(config: Config) -> Path:
-    return state_folder(config) / "smartbin.pid"
-
-
-def tray_file(config: Config) -> Path:
-    """The learned empty tray, kept across restarts (edge.camera.trigger.save_tray)."""
-    return state_folder(config) / "empty-tray.npz"
 
 
 class Daemon:
@@ -464,7 +452,7 @@ class Daemon:
             return
         if decision.uncertain:
             save_for_review(
-                self.review_folder(),
+                review_folder(self.config),
                 frames[-1],
                 item.id,
                 time.time(),
@@ -476,10 +464,6 @@ class Daemon:
             )
         self.pending = item
         self.attempt(item)
-
-    def review_folder(self) -> Path:
-        folder = self.config.sorting.review_folder
-        return Path(folder) if folder else state_folder(self.config) / "review"
 
     def _write(self, what: str, write: Callable[[], Any]) -> bool:
         """One ledger write; a refused one (disk full, I/O error) is the ``ledger`` fault, retried later."""

@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edge.camera.kinds import open_source
 from edge.camera.simulation import SimulatedTray
-from edge.camera.sources import open_source
 from edge.config import Config
 from edge.images import IMAGE_SUFFIXES, expand_paths
 from edge.ledger import SortedItem, read_summary
