@@ -11,7 +11,7 @@ import numpy as np
 
 from edge.camera.kinds import open_source, source_fix
 from edge.camera.sources import FrameSource, SourceFault
-from edge.retry import backoff_delay
+from edge.retry import Retry
 
 if TYPE_CHECKING:
     from edge.config import CameraConfig
@@ -49,38 +49,38 @@ class Camera:
     ) -> None:
         self.cfg, self.opener, self.clock = cfg, opener, clock
         self.source: FrameSource | None = None
-        self.fault: str | None = None
+        self.retry = Retry("camera fault", log, cfg.retry_max_s, clock=clock)
         self.condition: str | None = None
         self.ended = False
         self.opened = 0  # how many times a source was opened: a new one means a new view
-        self._attempts = 0
-        self._retry_at = 0.0
         self._black_run = 0
 
+    @property
+    def fault(self) -> str | None:
+        """Why the source is down, or None."""
+        return self.retry.fault
+
     def _failed(self, reason: str) -> None:
-        if reason != self.fault:
-            log.error("camera fault: %s (%s)", reason, source_fix(self.cfg.source))
-        self.fault = reason
-        self._retry_at = self.clock() + backoff_delay(self._attempts, 0.5, self.cfg.retry_max_s)
-        self._attempts += 1
+        self.retry.failed(reason, source_fix(self.cfg.source))
         self.close()
 
     def open(self) -> bool:
         if self.source is not None:
             return True
-        if self.clock() < self._retry_at:
+        if not self.retry.due:
             return False
         try:
             self.source = self.opener(self.cfg)
         except SourceFault as exc:
             self._failed(exc.reason)
             return False
-        if self.fault:
-            log.info("camera back after %d failed attempts: %s", self._attempts, self.source.description)
+        failed = self.retry.recovered()
+        if failed:
+            log.info("camera back after %d failed attempts: %s", failed, self.source.description)
         else:
             log.info("camera: %s", self.source.description)
         self.opened += 1
-        self.fault, self._attempts, self._black_run = None, 0, 0
+        self._black_run = 0
         return True
 
     def read(self) -> np.ndarray | None:
