@@ -19,14 +19,11 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Union
+from typing import Callable, Union
 
 import cv2
 
-from edge.camera.sources import CaptureSource, FolderSource, FrameSource
-
-if TYPE_CHECKING:
-    from edge.config import CameraConfig
+from edge.camera.sources import CaptureSettings, CaptureSource, FolderSource, FrameSource
 
 Source = Union[int, str]
 # The network streams handed to OpenCV as they are.
@@ -38,7 +35,7 @@ class CameraKind:
     name: str
     help: str  # what the config reference says about it
     matches: Callable[[Source], bool]
-    open: Callable[[CameraConfig], FrameSource]
+    open: Callable[[CaptureSettings], FrameSource]
     fix: str  # what to check when it fails
 
 
@@ -46,7 +43,7 @@ def opencv_has_gstreamer() -> bool:
     return cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER)
 
 
-def _capture(kind: str, api: int) -> Callable[[CameraConfig], FrameSource]:
+def _capture(kind: str, api: int) -> Callable[[CaptureSettings], FrameSource]:
     return lambda cfg: CaptureSource(cfg, kind, api)
 
 
@@ -101,7 +98,7 @@ def source_kind(source: Source) -> str:
     return camera_kind(source).name
 
 
-def open_source(cfg: CameraConfig) -> FrameSource:
+def open_source(cfg: CaptureSettings) -> FrameSource:
     """Open ``camera.source``; a source that cannot give frames raises SourceFault."""
     return camera_kind(cfg.source).open(cfg)
 

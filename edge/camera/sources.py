@@ -7,16 +7,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import Any, Callable, Optional, Protocol, Union
 
 import cv2
 import numpy as np
 
 from edge.errors import SmartbinError
 from edge.images import IMAGE_SUFFIXES, list_images, read_image
-
-if TYPE_CHECKING:
-    from edge.config import CameraConfig
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +24,17 @@ class SourceFault(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class CaptureSettings(Protocol):
+    """The ``camera:`` section as a source reads it (edge.config.CameraConfig)."""
+
+    source: Union[int, str]
+    width: Optional[int]
+    height: Optional[int]
+    fps: Optional[float]
+    exposure: Optional[float]
+    replay_fps: float
 
 
 class FrameSource(Protocol):
@@ -58,7 +66,7 @@ class Pacer:
 class CaptureSource:
     """OpenCV ``VideoCapture``: a camera, a GStreamer pipeline, a stream or a video file."""
 
-    def __init__(self, cfg: CameraConfig, kind: str, api: int) -> None:
+    def __init__(self, cfg: CaptureSettings, kind: str, api: int) -> None:
         """``kind`` names it in messages; ``api`` is the OpenCV backend (``cv2.CAP_*``)."""
         self.kind = kind
         self.finite = self.kind == "video"
