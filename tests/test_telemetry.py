@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,7 +23,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 import edge.mqtt.telemetry
 from edge.config import MqttConfig
 from edge.ledger import Ledger, Pending, SortedItem
-from edge.mqtt.telemetry import INFLIGHT_LIMIT, Telemetry, Topics, outbox_fault
+from edge.mqtt.commands import CommandTable
+from edge.mqtt.telemetry import INFLIGHT_LIMIT, Telemetry, outbox_fault
+from edge.mqtt.topics import Topics
+from edge.service.commands import register_commands
 from tests.broker import Broker, Subscriber, mosquitto_path, wait_for
 from tests.conftest import REPO, fill
 
@@ -125,7 +129,8 @@ from edge.config import MqttConfig
 from edge.ledger import Ledger, SortedItem
 import edge.mqtt.telemetry
 from edge.ledger import Pending
-from edge.mqtt.telemetry import INFLIGHT_LIMIT, Telemetry, Topics, outbox_fault
+from edge.mqtt.telemetry import INFLIGHT_LIMIT, Telemetry, outbox_fault
+from edge.mqtt.topics import Topics
 port, db, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 ledger = Ledger(db)
 t = Telemetry(MqttConfig(host="127.0.0.1", port=port, keepalive_s=5, reconnect_max_s=1), "bin-9", ledger)
@@ -174,7 +179,8 @@ from edge.config import MqttConfig
 from edge.ledger import Ledger, SortedItem
 import edge.mqtt.telemetry
 from edge.ledger import Pending
-from edge.mqtt.telemetry import INFLIGHT_LIMIT, Telemetry, Topics, outbox_fault
+from edge.mqtt.telemetry import INFLIGHT_LIMIT, Telemetry, outbox_fault
+from edge.mqtt.topics import Topics
 port, db, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 ledger = Ledger(db)
 t = Telemetry(MqttConfig(host="127.0.0.1", port=port, keepalive_s=30, reconnect_max_s=1), "bin-9", ledger)
@@ -394,11 +400,14 @@ def publish(port: int, topic: str, payload: bytes, qos: int = 1) -> None:
 
 @pytest.fixture()
 def live(broker, tmp_path):
-    """A running telemetry for bin-1 with a sort handler, and a subscriber on its replies."""
+    """A running telemetry for bin-1 with the daemon's commands, and a subscriber on its replies."""
     ledger = Ledger(tmp_path / "l.db")
     sorts: list[int] = []
     cfg = MqttConfig(host="127.0.0.1", port=broker.port, keepalive_s=5)
-    telemetry = Telemetry(cfg, "bin-1", ledger, bins=BINS, on_sort=lambda: sorts.append(1))
+    daemon = SimpleNamespace(ledger=ledger, request_sort=lambda source: sorts.append(1))
+    commands = CommandTable()
+    register_commands(commands, daemon, "bin-1")
+    telemetry = daemon.telemetry = Telemetry(cfg, "bin-1", ledger, bins=BINS, commands=commands)
     telemetry.start()
     sub = Subscriber(broker.port, "smartbin/bin-1/reply")
     wait_for(lambda: telemetry.listening, what="subscribed to commands")
@@ -455,6 +464,23 @@ def test_hostile_commands_never_crash_and_each_gets_a_reply(live, name, payload)
     publish(broker.port, f"smartbin/bin-1/cmd/{name}", payload)
     wait_for(lambda: len(replies(sub)) == before + 1, what="one reply")
     assert telemetry._thread.is_alive()
+
+
+def test_a_telemetry_without_commands_answers_each_as_unknown(broker, tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    telemetry = telemetry_for(broker, ledger)
+    sub = Subscriber(broker.port, "smartbin/bin-1/reply")
+    wait_for(lambda: telemetry.listening, what="subscribed to commands")
+    publish(broker.port, "smartbin/bin-1/cmd/sort", b'{"request_id": "r1"}')
+    publish(broker.port, "smartbin/bin-1/cmd/ping", b"")
+    wait_for(lambda: len(replies(sub)) == 2, what="two replies")
+    assert [(r["command"], r["ok"], r["error"].split(";")[0]) for r in replies(sub)] == [
+        ("sort", False, "unknown command 'sort'"),
+        ("ping", False, "unknown command 'ping'"),
+    ]
+    assert telemetry._thread.is_alive()
+    telemetry.stop()
+    sub.close()
 
 
 def test_commands_reach_the_bin_at_qos_1(live):

@@ -1,19 +1,8 @@
 """Telemetry: publish from the ledger to MQTT, and mark a message done only on the broker's PUBACK.
 
-Topics (prefix ``<topic_prefix>/<device_id>``), the contract dashboards rely on:
-
-| topic            | retained | QoS | payload                                             |
-|------------------|----------|-----|-----------------------------------------------------|
-| availability     | yes      | 1   | ``online`` / ``offline`` (the last will)            |
-| state            | yes      | 1   | JSON: counts, total, uptime, model id, faults, ...  |
-| count/<bin>      | yes      | 1   | integer                                             |
-| event            | no       | 1   | JSON per sorted item                                |
-| cmd/<name>       | no       | 1   | commands in (``edge.mqtt.commands``)                     |
-| reply            | no       | 1   | one JSON reply per command                          |
-
-With ``mqtt.ha_discovery`` the bin announces itself to Home Assistant under
-``<ha_prefix>/…/config`` (retained), and again whenever ``<ha_prefix>/status``
-says ``online``.
+The topics and their payloads are ``edge.mqtt.topics``; what the bin says to Home Assistant,
+``edge.mqtt.discovery``; commands in and their replies, ``edge.mqtt.commands`` (telemetry only
+hands each command to the table it was given and publishes the reply).
 
 Everything network-bound runs in one background thread with its own paho
 loop, so a dead broker never slows the sorting loop: the daemon only writes
@@ -35,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import re
 import sqlite3
 import ssl
 import sys
@@ -45,103 +32,18 @@ import time
 from typing import Any, Callable, Sequence
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-import edge
 from edge.config import MqttConfig
-from edge.errors import SmartbinError
-from edge.ledger import Ledger, Pending
-from edge.mqtt.commands import Command, CommandError, parse_command
+from edge.ledger import Ledger
+from edge.mqtt.client import connack_timeout, make_client
+from edge.mqtt.commands import CommandTable
+from edge.mqtt.discovery import discovery_documents
+from edge.mqtt.topics import Topics
 from edge.retry import backoff_delay
 
 log = logging.getLogger(__name__)
 
 INFLIGHT_LIMIT = 100
-
-
-class Topics:
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix.rstrip("/")
-        self.availability = f"{self.prefix}/availability"
-        self.state = f"{self.prefix}/state"
-        self.event = f"{self.prefix}/event"
-        self.commands = f"{self.prefix}/cmd/+"
-        self.reply = f"{self.prefix}/reply"
-
-    def count(self, bin_id: str) -> str:
-        return f"{self.prefix}/count/{bin_id}"
-
-    def for_row(self, row: Pending) -> tuple[str, bool]:
-        """The topic and retain flag of an outbox row."""
-        if row.kind == "count":
-            return self.count(row.key), True
-        return self.event, False
-
-
-def discovery_documents(
-    ha_prefix: str, device_id: str, topics: Topics, bins: Sequence[str]
-) -> list[tuple[str, dict[str, Any]]]:
-    """Home Assistant MQTT discovery: a sensor per bin count, the total, the last item, a fault sensor."""
-    device = {
-        "identifiers": [f"smartbin_{device_id}"],
-        "name": f"smartbin {device_id}",
-        "manufacturer": "smartbin",
-        "model": "automatic waste-sorting bin",
-        "sw_version": edge.__version__,
-    }
-    common = {"availability_topic": topics.availability, "device": device}
-    node = re.sub(r"[^a-zA-Z0-9_-]", "_", device_id)
-    docs = [
-        (
-            f"{ha_prefix}/sensor/{node}/count_{bin_id}/config",
-            {
-                "name": f"{bin_id} count",
-                "unique_id": f"smartbin_{node}_count_{bin_id}",
-                "state_topic": topics.count(bin_id),
-                "state_class": "total_increasing",
-                "unit_of_measurement": "items",
-                "icon": "mdi:delete-variant",
-                **common,
-            },
-        )
-        for bin_id in bins
-    ]
-    docs += [
-        (
-            f"{ha_prefix}/sensor/{node}/total/config",
-            {
-                "name": "items sorted",
-                "unique_id": f"smartbin_{node}_total",
-                "state_topic": topics.state,
-                "value_template": "{{ value_json.total }}",
-                "state_class": "total_increasing",
-                "unit_of_measurement": "items",
-                **common,
-            },
-        ),
-        (
-            f"{ha_prefix}/sensor/{node}/last_item/config",
-            {
-                "name": "last item",
-                "unique_id": f"smartbin_{node}_last_item",
-                "state_topic": topics.event,
-                "value_template": "{{ value_json.item }} → {{ value_json.bin }}",
-                **common,
-            },
-        ),
-        (
-            f"{ha_prefix}/binary_sensor/{node}/fault/config",
-            {
-                "name": "fault",
-                "unique_id": f"smartbin_{node}_fault",
-                "state_topic": topics.state,
-                "value_template": "{{ 'ON' if value_json.faults else 'OFF' }}",
-                "device_class": "problem",
-                **common,
-            },
-        ),
-    ]
-    return docs
 
 
 def explain(exc: BaseException, ledger: Ledger) -> str:
@@ -168,47 +70,6 @@ def outbox_fault(dropped: int, max_pending_events: int) -> str:
     )
 
 
-def connack_timeout(cfg: MqttConfig) -> float:
-    """How long a broker that took the TCP connection may take to answer it (CONNACK)."""
-    return float(min(10, cfg.keepalive_s))
-
-
-def read_password(cfg: MqttConfig) -> str | None:
-    """From a file or an environment variable, never from the YAML."""
-    if cfg.password_file:
-        try:
-            with open(cfg.password_file, encoding="utf-8") as fh:
-                return fh.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
-            raise SmartbinError(
-                f"mqtt.password_file {cfg.password_file} cannot be read: {reason}",
-                "create it readable by the smartbin user (mode 0600), holding only the password",
-            ) from None
-    return os.environ.get(cfg.password_env) if cfg.password_env else None
-
-
-def make_client(cfg: MqttConfig, device_id: str, topics: Topics) -> mqtt.Client:
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=cfg.client_id or f"smartbin-{device_id}",
-        clean_session=False,  # the broker keeps our session (and QoS 1 state) across reconnects
-        protocol=mqtt.MQTTv311,
-    )
-    client.will_set(topics.availability, "offline", qos=1, retain=True)
-    if cfg.username:
-        client.username_pw_set(cfg.username, read_password(cfg))
-    if cfg.ca_file:
-        try:
-            client.tls_set(ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file)
-        except (OSError, ValueError) as exc:
-            raise SmartbinError(
-                f"mqtt TLS files cannot be loaded: {exc}",
-                "check mqtt.ca_file, mqtt.cert_file and mqtt.key_file",
-            ) from None
-    return client
-
-
 class Telemetry:
     def __init__(
         self,
@@ -217,10 +78,11 @@ class Telemetry:
         ledger: Ledger,
         status: Callable[[], dict[str, Any]] = dict,
         bins: Sequence[str] = (),
-        on_sort: Callable[[], str | None] | None = None,
+        commands: CommandTable | None = None,
     ) -> None:
         self.cfg, self.ledger, self.status = cfg, ledger, status
-        self.device_id, self.bins, self.on_sort = device_id, list(bins), on_sort
+        self.device_id, self.bins = device_id, list(bins)
+        self.commands = commands if commands is not None else CommandTable()
         self.topics = Topics(f"{cfg.topic_prefix}/{device_id}")
         self.client = make_client(cfg, device_id, self.topics)
         self.client.on_connect = self._on_connect
@@ -470,34 +332,8 @@ class Telemetry:
                 self._announce()  # Home Assistant restarted and forgot us
             return
         name = message.topic.rsplit("/", 1)[-1]
-        reply: dict[str, Any] = {"command": name[:40], "ok": False, "request_id": None}
-        try:
-            command = parse_command(name, message.payload, self.device_id)
-            reply["request_id"] = command.request_id
-            reply.update(self._execute(command))
-            reply["ok"] = True
-        except CommandError as exc:
-            log.warning("mqtt: refused command on %s: %s", message.topic[:120], exc)
-            reply["error"] = str(exc)
-        except Exception as exc:  # a command must never take the daemon down
-            log.exception("mqtt: command %s failed", name[:40])
-            reply["error"] = f"internal error: {exc}"
+        reply = self.commands.dispatch(name, message.payload, self.device_id, topic=message.topic)
         client.publish(self.topics.reply, json.dumps(reply), qos=1)
-
-    def _execute(self, command: Command) -> dict[str, Any]:
-        if command.name == "ping":
-            return {"device_id": self.device_id, "version": edge.__version__}
-        if command.name == "reset_counts":
-            self.ledger.reset_counts()
-            log.warning("mqtt: counts reset by command")
-            self.notify()
-            return {"counts": self.ledger.counts()}
-        if self.on_sort is None:
-            raise CommandError("sort is not available: the sorting loop is not running")
-        refused = self.on_sort()  # why the sort cannot happen (an empty tray), or None
-        if refused:
-            raise CommandError(refused)
-        return {}
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         if mid == self._commands_mid:

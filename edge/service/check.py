@@ -22,7 +22,8 @@ from edge.config import Config, MqttConfig
 from edge.errors import SmartbinError
 from edge.ledger import read_summary
 from edge.model.classifier import load_classifier
-from edge.mqtt.telemetry import Topics, make_client
+from edge.mqtt.client import make_client
+from edge.mqtt.topics import Topics
 from edge.servo.actuator import ActuatorFault, open_controller
 
 PARTS = ("model", "ledger", "camera", "servo", "mqtt")

@@ -62,8 +62,10 @@ from edge.errors import SmartbinError
 from edge.ledger import Ledger, SortedItem, open_ledger
 from edge.model.classifier import Classifier, load_classifier
 from edge.model.decision import Decision, decide
+from edge.mqtt.commands import CommandTable
 from edge.mqtt.telemetry import Telemetry
 from edge.paths import pid_file, review_folder, tray_file
+from edge.service.commands import register_commands
 from edge.service.notify import Notifier
 from edge.service.review import save_for_review
 from edge.servo.actuator import ActuatorFault, Calibration, Controller, ServoSupervisor, open_controller
@@ -180,13 +182,15 @@ class Daemon:
         return ServoSupervisor(lambda: self.connect(cfg), Calibration.from_config(cfg))
 
     def _telemetry(self, config: Config, classifier: Classifier | None = None) -> Telemetry:
+        commands = CommandTable()
+        register_commands(commands, self, config.device_id)
         return Telemetry(
             config.mqtt,
             config.device_id,
             self.ledger,
             status=self.status,
             bins=(classifier or self.classifier).bundle.taxonomy.bin_ids,
-            on_sort=lambda: self.request_sort("MQTT sort command"),
+            commands=commands,
         )
 
     def start(self) -> None:

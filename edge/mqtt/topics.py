@@ -1,0 +1,34 @@
+"""The bin's MQTT topics, under ``<topic_prefix>/<device_id>``: the contract dashboards rely on.
+
+| topic            | retained | QoS | payload                                             |
+|------------------|----------|-----|-----------------------------------------------------|
+| availability     | yes      | 1   | ``online`` / ``offline`` (the last will)            |
+| state            | yes      | 1   | JSON: counts, total, uptime, model id, faults, ...  |
+| count/<bin>      | yes      | 1   | integer                                             |
+| event            | no       | 1   | JSON per sorted item                                |
+| cmd/<name>       | no       | 1   | commands in (``edge.mqtt.commands``)                |
+| reply            | no       | 1   | one JSON reply per command                          |
+"""
+
+from __future__ import annotations
+
+from edge.ledger import Pending
+
+
+class Topics:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix.rstrip("/")
+        self.availability = f"{self.prefix}/availability"
+        self.state = f"{self.prefix}/state"
+        self.event = f"{self.prefix}/event"
+        self.commands = f"{self.prefix}/cmd/+"
+        self.reply = f"{self.prefix}/reply"
+
+    def count(self, bin_id: str) -> str:
+        return f"{self.prefix}/count/{bin_id}"
+
+    def for_row(self, row: Pending) -> tuple[str, bool]:
+        """The topic and retain flag of an outbox row."""
+        if row.kind == "count":
+            return self.count(row.key), True
+        return self.event, False
