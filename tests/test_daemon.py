@@ -117,7 +117,7 @@ def test_an_item_that_cannot_be_moved_is_parked_not_counted(tmp_path, emulator):
     config.sorting.move_attempts = 2
     daemon = Daemon(config, opener=lambda cfg: emulator.tray)
     running = Running(daemon)
-    wait_for(lambda: daemon.ledger is not None and daemon.ledger.parked_items() == 1, what="a parked item")
+    wait_for(lambda: daemon.started and daemon.ledger.parked_items() == 1, what="a parked item")
     assert "left on the tray after 2 failed moves" in daemon.faults()["tray"]
     assert "servo" in daemon.faults()
     assert daemon.status()["parked_items"] == 1
@@ -150,7 +150,7 @@ def test_the_mqtt_sort_command_triggers_a_manual_sort(tmp_path, emulator, broker
     daemon = Daemon(config, opener=lambda cfg: emulator.tray, on_sorted=seen.append)
     running = Running(daemon)
     sub = Subscriber(broker.port, "smartbin/t1/#")
-    wait_for(lambda: daemon.telemetry is not None and daemon.telemetry.listening, what="commands subscribed")
+    wait_for(lambda: daemon.started and daemon.telemetry.listening, what="commands subscribed")
     assert seen == []  # the item waits on the tray: manual mode never fires by itself
     sub.client.publish("smartbin/t1/cmd/sort", b'{"request_id": "r1"}', qos=1)
     assert running.join() == 0
@@ -330,3 +330,30 @@ def test_the_controller_button_sorts_the_item_on_the_tray(tmp_path):
     assert running.join() == 0
     emulator.stop()
     assert len(seen) == 1
+
+
+def open_files(path: Path) -> int:
+    """How many of this process's file descriptors point at ``path`` (Linux /proc)."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if fd.exists() and fd.resolve() == path.resolve())
+
+
+@pytest.mark.parametrize("broken", ["model", "password"])
+def test_a_start_that_fails_builds_no_part_and_leaves_the_ledger_closed(tmp_path, broken):
+    """The parts are built together or not at all: a bad model or an unreadable broker password
+    file stops the start with its SmartbinError, the ledger opened before it is closed again, and
+    the shutdown that follows has nothing half-built to trip over."""
+    from edge.errors import SmartbinError
+
+    config = config_for(tmp_path, "/dev/null")
+    if broken == "model":
+        config.model.bundle = str(tmp_path / "no-such-bundle")
+    else:
+        config.mqtt.username, config.mqtt.password_file = "bin", str(tmp_path / "no-such-password")
+    daemon = Daemon(config, opener=lambda cfg: SimulatedTray([]))
+    with pytest.raises(SmartbinError):
+        daemon.run()
+    ledger = Path(config.ledger.path)
+    assert ledger.exists() and open_files(ledger) == 0
+    assert not daemon.started and not hasattr(daemon, "ledger")
+    assert daemon.request_sort() is None  # a request before any part exists is kept, not a crash

@@ -111,6 +111,13 @@ def resolve_move(at_bin: bool | None, tray_shows_item: bool | None) -> str:
 
 
 class Daemon:
+    ledger: Ledger
+    classifier: Classifier
+    trigger: Trigger
+    camera: Camera
+    servo: ServoSupervisor
+    telemetry: Telemetry
+
     def __init__(
         self,
         config: Config,
@@ -129,8 +136,7 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._sort_now = threading.Event()
-        self.ledger: Ledger | None = None
-        self.telemetry: Telemetry | None = None
+        self.started = False  # the parts below are built together by start(), or not at all
         self.pending: Item | None = None
         self.votes: list[np.ndarray] = []
         self.triggered_at = 0.0
@@ -163,7 +169,7 @@ class Daemon:
 
         Refused (the reason is returned) when the trigger sees an empty tray: sorting the bare tray
         would count an item that does not exist."""
-        if getattr(self, "trigger", None) is not None and self.trigger.shows_item is False:
+        if self.started and self.trigger.shows_item is False:
             log.warning("%s refused: the tray is empty", source)
             return "tray is empty"
         log.info("%s: sorting what is on the tray now", source)
@@ -181,23 +187,36 @@ class Daemon:
     def _servo(self, cfg: ServoConfig) -> ServoSupervisor:
         return ServoSupervisor(lambda: self.connect(cfg), Calibration.from_config(cfg))
 
-    def _telemetry(self, config: Config, classifier: Classifier | None = None) -> Telemetry:
+    def _telemetry(self, config: Config, ledger: Ledger, classifier: Classifier) -> Telemetry:
+        """Built (credentials and TLS files read, which may raise) before anything is started."""
         commands = CommandTable()
         register_commands(commands, self, config.device_id)
         return Telemetry(
             config.mqtt,
             config.device_id,
-            self.ledger,
+            ledger,
             status=self.status,
-            bins=(classifier or self.classifier).bundle.taxonomy.bin_ids,
+            bins=classifier.bundle.taxonomy.bin_ids,
             commands=commands,
         )
 
     def start(self) -> None:
-        """The parts that must work (ledger, model) raise; the hardware ones become faults."""
+        """Build every part, or none: a part that must work (the ledger, the model, the broker's
+        credentials) raises, and what was opened before it is closed again. The hardware parts
+        (camera, servo controller, broker) never raise here: they become faults, retried."""
         config = self.config
-        self.ledger = open_ledger(config.ledger)
-        self.classifier: Classifier = load_classifier(config.model)
+        ledger = open_ledger(config.ledger)
+        try:
+            classifier = load_classifier(config.model)
+            telemetry = self._telemetry(config, ledger, classifier)
+        except BaseException:
+            ledger.close()
+            raise
+        self.ledger, self.classifier, self.telemetry = ledger, classifier, telemetry
+        self.trigger = make_trigger(config.trigger)
+        self.camera = Camera(config.camera, self.opener, self.clock)
+        self.servo = self._servo(config.servo)
+        self.started = True
         log.info(
             "model %s (%s, %d items, taxonomy %s)",
             self.classifier.bundle.model_id,
@@ -205,10 +224,6 @@ class Daemon:
             len(self.classifier.labels),
             self.classifier.bundle.taxonomy.name,
         )
-        self.trigger: Trigger = make_trigger(config.trigger)
-        self.camera = Camera(config.camera, self.opener, self.clock)
-        self.servo = self._servo(config.servo)
-        self.telemetry = self._telemetry(config)
         self.telemetry.start()
         self.started_at = self.clock()
         self.camera.open()
@@ -585,7 +600,7 @@ class Daemon:
             "tray": self.tray_fault,
             "ledger": self.ledger_fault,
             "loop": self.loop_fault if self.clock() - self._loop_failed_at < LOOP_FAULT_HOLD_S else None,
-            **(self.telemetry.faults() if self.telemetry else {}),
+            **self.telemetry.faults(),
         }
         return {part: reason for part, reason in found.items() if reason}
 
@@ -647,7 +662,7 @@ class Daemon:
             # built (credentials and TLS files read) before anything running is touched
             telemetry = None
             if new.mqtt != old.mqtt or new.device_id != old.device_id:
-                telemetry = self._telemetry(new, classifier)
+                telemetry = self._telemetry(new, self.ledger, classifier)
         except SmartbinError as exc:
             log.error("reload refused, the running config is kept: %s", exc)
             return
@@ -702,17 +717,16 @@ class Daemon:
         steps: list[tuple[str, Callable[[], None]]] = []
         if self._frame_shape is not None:
             steps.append(("keep the empty tray", lambda: self._remember_tray(self._frame_shape, force=True)))
-        if getattr(self, "servo", None) is not None:
+        if self.started:
             if self.unrecorded is None:
                 steps.append(("send the servo home", self._home_before_exit))
-            steps.append(("close the servo port", self.servo.close))
-        if getattr(self, "camera", None) is not None:
-            steps.append(("close the camera", self.camera.close))
-        if self.telemetry is not None:
-            steps.append(("publish offline", self.telemetry.stop))
-        if self.ledger is not None:
-            steps.append(("remove the pid file", lambda: pid_file(self.config).unlink(missing_ok=True)))
-            steps.append(("close the ledger", self.ledger.close))
+            steps += [
+                ("close the servo port", self.servo.close),
+                ("close the camera", self.camera.close),
+                ("publish offline", self.telemetry.stop),
+                ("remove the pid file", lambda: pid_file(self.config).unlink(missing_ok=True)),
+                ("close the ledger", self.ledger.close),
+            ]
         for what, step in steps:
             try:
                 step()
