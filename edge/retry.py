@@ -42,6 +42,10 @@ class Retry:
         if reason != self.fault:
             self.logger.error("%s: %s%s", self.log_prefix, reason, f" ({detail})" if detail else "")
         self.fault = reason
+        return self.schedule()
+
+    def schedule(self) -> float:
+        """Count a failed attempt and set the next one, logging nothing (the caller has); the delay."""
         delay = backoff_delay(self.attempts, self.base_s, self.cap_s)
         self.retry_at = self.clock() + delay
         self.attempts += 1

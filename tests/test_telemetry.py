@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 import edge.mqtt.telemetry
+import edge.retry
 from edge.config import MqttConfig
 from edge.ledger import Ledger, Pending, SortedItem
 from edge.mqtt.commands import CommandTable
@@ -118,7 +119,7 @@ def test_a_broker_outage_loses_nothing(broker, tmp_path, caplog):
     assert caplog.text.count("lost broker") == 1  # the outage is logged, once
     assert caplog.text.count(f"mqtt: connected to 127.0.0.1:{broker.port} again") == 1
     assert "no CONNACK" not in caplog.text  # a connection that worked leaves no CONNACK deadline behind
-    assert telemetry._attempts == 0  # the next outage backs off from its first step again
+    assert telemetry.retry.attempts == 0  # the next outage backs off from its first step again
     telemetry.stop()
     sub.close()
 
@@ -262,7 +263,7 @@ def test_a_dead_broker_is_one_log_line_not_a_flood(tmp_path, caplog):
     telemetry = Telemetry(cfg, "bin-3", ledger)
     telemetry.start()
     sort(ledger, telemetry, 0)
-    wait_for(lambda: telemetry._attempts >= 3, what="three connection attempts")
+    wait_for(lambda: telemetry.retry.attempts >= 3, what="three connection attempts")
     assert caplog.text.count("cannot reach broker") == 1
     assert "Traceback" not in caplog.text
     assert telemetry.fault and "cannot reach broker" in telemetry.fault
@@ -290,7 +291,7 @@ def test_password_authentication(tmp_path, caplog, monkeypatch):
         monkeypatch.setenv("SMARTBIN_MQTT_PASSWORD", "wrong")
         bad = Telemetry(MqttConfig(host="127.0.0.1", port=broker.port, username="bin-user"), "bin-5", ledger)
         bad.start()
-        wait_for(lambda: bad.fault is not None and bad._attempts >= 2, what="refused twice")
+        wait_for(lambda: bad.fault is not None and bad.retry.attempts >= 2, what="refused twice")
         bad.stop()
         assert "refused the connection" in bad.fault and "password" in bad.fault
         assert caplog.text.count("refused the connection") == 1
@@ -656,7 +657,7 @@ def test_a_full_disk_under_the_ledger_is_a_fault_and_delivery_resumes(broker, sm
     )
     assert set(sub.event_ids()) == ids and telemetry.faults() == {}
     assert "mqtt: telemetry works again (it failed with: database or disk is full" in caplog.text
-    assert telemetry._attempts == 0
+    assert telemetry.retry.attempts == 0
     telemetry.stop()
     sub.close()
     ledger.close()
@@ -672,7 +673,7 @@ def test_a_corrupt_outbox_row_is_a_fault_and_delivery_resumes_once_repaired(brok
     sub = Subscriber(broker.port, "smartbin/bin-1/#")
     telemetry = telemetry_for(broker, ledger)
     wait_for(lambda: "Could not decode" in (telemetry.fault or ""), what="the unreadable row as a fault")
-    wait_for(lambda: telemetry._attempts >= 2, what="a second try after a backoff")
+    wait_for(lambda: telemetry.retry.attempts >= 2, what="a second try after a backoff")
     assert telemetry._thread.is_alive()
     assert telemetry.fault.startswith(f"telemetry failed: ledger {tmp_path / 'l.db'}: ")
     assert "check the disk" in telemetry.fault
@@ -798,7 +799,7 @@ def test_a_dead_telemetry_thread_is_the_mqtt_fault_with_its_reason(offline):
 
 def test_each_failure_in_the_thread_backs_off_further_and_is_logged_once(offline, monkeypatch, caplog):
     calls = []
-    monkeypatch.setattr(edge.mqtt.telemetry, "backoff_delay", lambda *args: calls.append(args) or 1.5)
+    monkeypatch.setattr(edge.retry, "backoff_delay", lambda *args: calls.append(args) or 1.5)
     for _ in range(2):
         try:
             raise ValueError("boom")
@@ -806,7 +807,7 @@ def test_each_failure_in_the_thread_backs_off_further_and_is_logged_once(offline
             offline._crashed()
         assert caplog.text.count("mqtt: telemetry failed: ValueError: boom") == 1  # the first time only
     assert calls == [(0, 0.5, 30.0), (1, 0.5, 30.0)]
-    assert offline._retry_at > time.monotonic() + 1.0  # not before the 1.5 s the backoff gave
+    assert offline.retry.retry_at > time.monotonic() + 1.0  # not before the 1.5 s the backoff gave
     assert offline.fault == (
         "telemetry failed: ValueError: boom (a bug in smartbin: report it with the traceback in the log); "
         "retrying in 1.5 s"

@@ -39,7 +39,7 @@ from edge.mqtt.client import connack_timeout, make_client
 from edge.mqtt.commands import CommandTable
 from edge.mqtt.discovery import discovery_documents
 from edge.mqtt.topics import Topics
-from edge.retry import backoff_delay
+from edge.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Telemetry:
         self.connected = False
         self.listening = False  # the broker has confirmed the command subscription
         self._commands_mid: int | None = None
-        self.fault: str | None = None  # the link or the thread: faults()["mqtt"]
+        self.retry = Retry("mqtt", log, cfg.reconnect_max_s)  # its fault is faults()["mqtt"]
         self._crash: str | None = None  # what last failed inside the thread, until it works again
         self._acked = False  # an acknowledgement was written since that failure
         self._death: str | None = None  # what ended a thread that died all the same
@@ -105,8 +105,6 @@ class Telemetry:
         self.started = time.time()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
         self._handed: set[int] = set()  # outbox seqs paho holds (it resends them itself)
-        self._attempts = 0
-        self._retry_at = 0.0
         self._connack_by = 0.0  # after a TCP connect: when a broker that has not answered is a fault
         self._state_due = threading.Event()
         self._outbox_due = threading.Event()  # look at the ledger's dropped_events
@@ -114,6 +112,11 @@ class Telemetry:
         self._stop = threading.Event()
         self._restart_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
+
+    @property
+    def fault(self) -> str | None:
+        """What is wrong with the broker link or the thread (faults()["mqtt"]), or None."""
+        return self.retry.fault
 
     # -- called from the daemon ---------------------------------------------------------
 
@@ -177,7 +180,7 @@ class Telemetry:
                 "mqtt: the telemetry thread ended (%s); starting a new one", self._death or "no reason given"
             )
             self._drop()  # paho may have been halfway through a packet: start from a new connection
-            self._retry_at = 0.0
+            self.retry.retry_at = 0.0
             self._death = None
             self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
             self._thread.start()
@@ -200,12 +203,12 @@ class Telemetry:
         if not self.connected and self._connack_by and time.monotonic() >= self._connack_by:
             self._connack_by = 0.0
             self.client.disconnect()
-            self._failed(
+            self.retry.failed(
                 f"broker {self.cfg.host}:{self.cfg.port} accepted the connection but sent no CONNACK "
                 f"within {connack_timeout(self.cfg):g} s (is it an MQTT broker, and does it want TLS "
                 "(mqtt.ca_file)?)"
             )
-        if not self.connected and time.monotonic() >= self._retry_at:
+        if not self.connected and self.retry.due:
             self._connect()
         if self.client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
             self._stop.wait(0.05)  # not connected: loop() returns at once
@@ -227,13 +230,11 @@ class Telemetry:
         """Called in an ``except`` block: log it once, make it the fault, reconnect after a backoff."""
         exc = sys.exc_info()[1]
         problem = explain(exc, self.ledger) if exc is not None else "unknown error"
-        delay = backoff_delay(self._attempts, 0.5, self.cfg.reconnect_max_s)
-        self._attempts += 1
-        self._retry_at = time.monotonic() + delay
+        delay = self.retry.schedule()
         if problem != self._crash:
             log.exception("mqtt: telemetry failed: %s; reconnecting", problem)
         self._crash = problem
-        self.fault = f"telemetry failed: {problem}; retrying in {delay:.1f} s"
+        self.retry.fault = f"telemetry failed: {problem}; retrying in {delay:.1f} s"
         self._drop()
 
     def _drop(self) -> None:
@@ -252,7 +253,8 @@ class Telemetry:
         """After a failure: connected, drained, and acknowledgements written (or none needed)."""
         if self._crash is not None and (self._acked or not self._inflight):
             log.info("mqtt: telemetry works again (it failed with: %s)", self._crash)
-            self._crash, self.fault, self._attempts = None, None, 0
+            self._crash = None
+            self.retry.recovered()
         if self._outbox_fault is not None and self._outbox_empty:
             log.info(
                 "outbox: drained to the broker; %d events dropped since start remain lost",
@@ -274,25 +276,18 @@ class Telemetry:
             self._outbox_empty = False
             self._state_due.set()
 
-    def _failed(self, reason: str) -> None:
-        if reason != self.fault:
-            log.error("mqtt: %s", reason)
-        self.fault = reason
-        self._retry_at = time.monotonic() + backoff_delay(self._attempts, 0.5, self.cfg.reconnect_max_s)
-        self._attempts += 1
-
     def _connect(self) -> None:
         where = f"{self.cfg.host}:{self.cfg.port}"
         try:
             self.client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
             self._connack_by = time.monotonic() + connack_timeout(self.cfg)
-            self._retry_at = self._connack_by  # wait for CONNACK before retrying
+            self.retry.retry_at = self._connack_by  # wait for CONNACK before retrying
         except ssl.SSLError as exc:
-            self._failed(
+            self.retry.failed(
                 f"TLS with broker {where} failed: {exc.reason or exc} (check mqtt.ca_file and the host name)"
             )
         except OSError as exc:
-            self._failed(f"cannot reach broker {where}: {exc.strerror or exc}")
+            self.retry.failed(f"cannot reach broker {where}: {exc.strerror or exc}")
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -303,14 +298,13 @@ class Telemetry:
                 if reason_code in ("Bad user name or password", "Not authorized")
                 else ""
             )
-            self._failed(
+            self.retry.failed(
                 f"broker {self.cfg.host}:{self.cfg.port} refused the connection: {reason_code}{hint}"
             )
             return
-        if self._crash is None:  # after a failure inside, the fault stays until a drain works
-            if self.fault:
-                log.info("mqtt: connected to %s:%s again", self.cfg.host, self.cfg.port)
-            self.fault, self._attempts = None, 0
+        # after a failure inside, the fault stays until a drain works
+        if self._crash is None and self.retry.recovered():
+            log.info("mqtt: connected to %s:%s again", self.cfg.host, self.cfg.port)
         self.connected, self._connack_by = True, 0.0
         client.publish(self.topics.availability, "online", qos=1, retain=True)
         # A broker restarted without its retained store has forgotten them: say them again.
@@ -343,7 +337,7 @@ class Telemetry:
         was = self.connected
         self.connected = self.listening = False
         if was and not self._stop.is_set():
-            self._failed(f"lost broker {self.cfg.host}:{self.cfg.port} ({reason_code})")
+            self.retry.failed(f"lost broker {self.cfg.host}:{self.cfg.port} ({reason_code})")
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         seq = self._inflight.pop(mid, None)
