@@ -46,8 +46,9 @@ def run(
     from edge.model.classifier import Classifier
     from edge.model.decision import decide
     from edge.mqtt.telemetry import Telemetry
-    from edge.servo.actuator import Calibration, ServoSupervisor, open_controller
     from edge.servo.emulator import MaestroEmulator
+    from edge.servo.protocols import open_controller
+    from edge.servo.supervisor import Calibration, ServoSupervisor
     from tests.broker import Broker, mosquitto_path, wait_for
 
     folder = tmp / "frames"

@@ -26,6 +26,7 @@ from edge.schema import (
     shown,
     unit_interval,
 )
+from edge.servo.protocols import PROTOCOLS
 
 REFERENCE_HEADER = """\
 # smartbin device config: /etc/smartbin/smartbin.yaml on a bin.
@@ -123,9 +124,9 @@ MAESTRO_BY_ID = (
 class ServoConfig:
     protocol: str = opt(
         "maestro",
-        "maestro (Pololu Maestro) or line (our microcontroller firmware, deploy/firmware/)",
-        lambda p: p in ("maestro", "line"),
-        "maestro or line",
+        " or ".join(f"{p.name} ({p.help})" for p in PROTOCOLS.values()),
+        lambda p: p in PROTOCOLS,
+        "one of: " + ", ".join(PROTOCOLS),
     )
     port: str = opt(MAESTRO_BY_ID, "serial port, by its stable path: ls /dev/serial/by-id/")
     baud: int = opt(

@@ -15,24 +15,21 @@ import pytest
 from edge.config import ServoConfig
 from edge.errors import SmartbinError
 from edge.retry import backoff_delay
-from edge.servo.actuator import (
-    Actuator,
-    ActuatorFault,
-    Calibration,
-    LineController,
-    Link,
+from edge.servo.emulator import LineEmulator, MaestroEmulator
+from edge.servo.line import LineController
+from edge.servo.link import ActuatorFault, Link
+from edge.servo.maestro import (
     MaestroController,
-    ServoSupervisor,
     decode_maestro_errors,
     get_errors,
     get_moving_state,
     get_position,
-    open_controller,
     set_acceleration,
     set_speed,
     set_target,
 )
-from edge.servo.emulator import LineEmulator, MaestroEmulator
+from edge.servo.protocols import open_controller
+from edge.servo.supervisor import Actuator, Calibration, ServoSupervisor
 from tests.broker import wait_for
 
 CAL = Calibration(
@@ -274,10 +271,10 @@ def test_supervisor_with_no_port_records_the_fault_and_the_fix(tmp_path):
     clock[0] += 60
     with pytest.raises(ActuatorFault, match="does not exist"):
         supervisor.tip("kitchen")
-    assert supervisor.attempts == 2
+    assert supervisor.retry.attempts == 2
     with pytest.raises(ActuatorFault, match="no calibrated position"):
         supervisor.tip("compost")
-    assert supervisor.attempts == 2
+    assert supervisor.retry.attempts == 2
 
 
 def test_button_events_are_kept_whether_they_arrive_between_or_before_replies():
@@ -299,7 +296,7 @@ def test_button_events_are_kept_whether_they_arrive_between_or_before_replies():
 
 def test_open_controller_sets_the_maestros_speed_and_acceleration_on_its_own_board():
     from edge.config import ServoConfig
-    from edge.servo.actuator import open_controller
+    from edge.servo.protocols import open_controller
 
     with MaestroEmulator(device=12) as emu:
         cfg = ServoConfig(
@@ -315,7 +312,7 @@ def test_open_controller_sets_the_maestros_speed_and_acceleration_on_its_own_boa
 
 def test_open_controller_waits_for_a_line_controller_and_gives_up_on_a_silent_one():
     from edge.config import ServoConfig
-    from edge.servo.actuator import open_controller
+    from edge.servo.protocols import open_controller
 
     with LineEmulator() as emu:
         controller = open_controller(ServoConfig(port=emu.port, protocol="line", startup_s=0.5))
@@ -484,7 +481,7 @@ def test_sort_reports_how_long_the_move_and_the_return_took(monkeypatch):
     """On a clock that only the servo moves: each confirmed move takes 250 ms of it."""
     clock = types.SimpleNamespace(now=100.0)
     monkeypatch.setattr(
-        "edge.servo.actuator.time", types.SimpleNamespace(monotonic=lambda: clock.now, sleep=time.sleep)
+        "edge.servo.supervisor.time", types.SimpleNamespace(monotonic=lambda: clock.now, sleep=time.sleep)
     )
 
     def moved(channel: int, pulse_us: float) -> None:
@@ -592,17 +589,17 @@ def test_a_line_controller_is_pinged_until_its_bootloader_has_finished():
 @pytest.fixture()
 def top_of_the_jitter(monkeypatch):
     """The real backoff, with its random half pinned at its largest: each delay is its whole step."""
-    monkeypatch.setattr("edge.servo.actuator.backoff_delay", partial(backoff_delay, rng=lambda: 1.0))
+    monkeypatch.setattr("edge.retry.backoff_delay", partial(backoff_delay, rng=lambda: 1.0))
 
 
 def offline_delays(supervisor: ServoSupervisor, clock: list[float], failures: int) -> list[float]:
     """How long the supervisor waits after each of ``failures`` failed connections, each tried when due."""
     delays = []
     for _ in range(failures):
-        clock[0] = supervisor.retry_at
+        clock[0] = supervisor.retry.retry_at
         with pytest.raises(ActuatorFault, match="does not exist"):
             supervisor.tip("kitchen")
-        delays.append(supervisor.retry_at - clock[0])
+        delays.append(supervisor.retry.retry_at - clock[0])
     return delays
 
 
@@ -651,7 +648,7 @@ def test_a_reconnection_is_logged_once_and_the_next_failure_starts_the_backoff_a
     emu = MaestroEmulator()
     try:
         by_id.symlink_to(emu.port)
-        clock[0] = supervisor.retry_at
+        clock[0] = supervisor.retry.retry_at
         supervisor.tip("kitchen")
         assert caplog.text.count("servo controller back after 1 failed attempts") == 1
         supervisor.tip("other")
@@ -659,7 +656,7 @@ def test_a_reconnection_is_logged_once_and_the_next_failure_starts_the_backoff_a
         emu.mode = "silent"
         with pytest.raises(ActuatorFault, match="sent nothing"):
             supervisor.tip("kitchen")
-        assert supervisor.retry_at - clock[0] == 0.5
+        assert supervisor.retry.retry_at - clock[0] == 0.5
     finally:
         supervisor.close()
         emu.stop()
@@ -754,3 +751,31 @@ def test_a_failed_return_home_drops_the_connection_with_the_reason():
         with pytest.raises(ActuatorFault, match="is at 1300 µs, not 1500 µs"):
             supervisor.return_home()
         assert "is at 1300 µs" in supervisor.fault and supervisor.actuator is None
+
+
+def test_an_unknown_protocol_is_refused_with_the_known_ones_never_taken_for_another():
+    from edge.config import ServoConfig, parse_config
+    from edge.errors import SmartbinError
+
+    with pytest.raises(SmartbinError) as opened:
+        open_controller(ServoConfig(protocol="pololu", port="/dev/null"))
+    assert "'pololu' is unknown" in str(opened.value) and "maestro, line" in opened.value.fix
+    with pytest.raises(SmartbinError) as validated:
+        parse_config({"servo": {"protocol": "pololu"}})
+    assert "servo.protocol = 'pololu'" in str(validated.value) and "maestro, line" in str(validated.value)
+
+
+def test_a_protocol_added_to_the_registry_is_opened_validated_and_described(monkeypatch):
+    """A new controller protocol is one registry entry: config validation, its reference and
+    open_controller all read the same table."""
+    from edge.config import Config, parse_config
+    from edge.schema import describe
+    from edge.servo.protocols import PROTOCOLS, ServoProtocol
+
+    reference = describe(Config)
+    assert all(f"{p.name} ({p.help})" in reference for p in PROTOCOLS.values())
+    opened = []
+    monkeypatch.setitem(PROTOCOLS, "test", ServoProtocol("test", "a test board", opened.append))
+    config = parse_config({"servo": {"protocol": "test", "port": "/dev/ttyTEST"}})
+    open_controller(config.servo)
+    assert [cfg.port for cfg in opened] == ["/dev/ttyTEST"]

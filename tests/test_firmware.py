@@ -104,7 +104,8 @@ def simulated_board(tmp_path_factory):
 
 @needs_simavr
 def test_real_firmware_through_the_real_driver(simulated_board):
-    from edge.servo.actuator import ActuatorFault, LineController, Link
+    from edge.servo.line import LineController
+    from edge.servo.link import ActuatorFault, Link
 
     controller = LineController(Link(simulated_board.port, 115200, 0.5))
     assert (
@@ -145,7 +146,8 @@ def test_servo_cycle_cli_against_the_simulated_board(simulated_board, tmp_path, 
 def test_the_button_on_d2_reaches_the_driver_as_one_event(simulated_board):
     import time
 
-    from edge.servo.actuator import LineController, Link
+    from edge.servo.line import LineController
+    from edge.servo.link import Link
 
     controller = LineController(Link(simulated_board.port, 115200, 0.5))
     controller.wait_ready(3.0)

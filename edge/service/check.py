@@ -24,7 +24,8 @@ from edge.ledger import read_summary
 from edge.model.classifier import load_classifier
 from edge.mqtt.client import make_client
 from edge.mqtt.topics import Topics
-from edge.servo.actuator import ActuatorFault, open_controller
+from edge.servo.link import ActuatorFault
+from edge.servo.protocols import open_controller
 
 PARTS = ("model", "ledger", "camera", "servo", "mqtt")
 Result = tuple[str, bool, str]

@@ -68,7 +68,9 @@ from edge.paths import pid_file, review_folder, tray_file
 from edge.service.commands import register_commands
 from edge.service.notify import Notifier
 from edge.service.review import save_for_review
-from edge.servo.actuator import ActuatorFault, Calibration, Controller, ServoSupervisor, open_controller
+from edge.servo.link import ActuatorFault
+from edge.servo.protocols import Controller, open_controller
+from edge.servo.supervisor import Calibration, ServoSupervisor
 
 log = logging.getLogger("smartbin.daemon")
 

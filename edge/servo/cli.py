@@ -8,7 +8,9 @@ from typing import Callable
 
 from edge.config import ServoConfig, add_config_option, load_config, set_keys
 from edge.errors import SmartbinError
-from edge.servo.actuator import Actuator, ActuatorFault, Calibration, open_controller
+from edge.servo.link import ActuatorFault
+from edge.servo.protocols import PROTOCOLS, open_controller
+from edge.servo.supervisor import Actuator, Calibration
 
 HELP = """\
 examples:
@@ -36,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=("ping", "move", "cycle", "calibrate"))
     add_config_option(p)
     p.add_argument("--port", help="serial port (overrides servo.port)")
-    p.add_argument("--protocol", choices=("maestro", "line"), help="overrides servo.protocol")
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS), help="overrides servo.protocol")
     p.add_argument("--bin", help="bin id, for move and calibrate")
     p.add_argument("--step", type=float, default=10.0, help="calibrate: µs per step (default 10)")
 
