@@ -22,7 +22,7 @@ from edge.schema import (
     build_dataclass,
     file_path,
     opt,
-    read_yaml,
+    read_yaml_file,
     shown,
     unit_interval,
 )
@@ -472,25 +472,14 @@ def load_config(path: str | Path | None) -> Config:
     """Read the YAML config; ``None`` gives the defaults."""
     if path is None:
         return Config()
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SmartbinError(
-            f"config file {path} does not exist",
-            "copy config/smartbin.yaml to it, or pass --config with the right path",
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise SmartbinError(
-            f"config file {path} is not UTF-8 text (byte {exc.start}): it is binary or damaged",
-            "point --config at the YAML file, or write it again from config/smartbin.yaml",
-        ) from None
-    except OSError as exc:
-        raise SmartbinError(
-            f"config file {path} cannot be read: {exc.strerror}",
-            "check the path and its permissions (the service reads it as user smartbin)",
-        ) from None
-    return parse_config(read_yaml(text, f"config file {path}"), source=str(path))
+    data = read_yaml_file(
+        Path(path),
+        "config file",
+        missing_fix="copy config/smartbin.yaml to it, or pass --config with the right path",
+        damaged_fix="point --config at the YAML file, or write it again from config/smartbin.yaml",
+        unreadable_fix="check the path and its permissions (the service reads it as user smartbin)",
+    )
+    return parse_config(data, source=str(path))
 
 
 def set_keys(path: Path, values: Mapping[str, Any]) -> None:

@@ -15,6 +15,7 @@ import os
 import textwrap
 import typing
 from dataclasses import field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import yaml
@@ -185,6 +186,27 @@ def read_yaml(text: str, source: str) -> Any:
             f"{source} is not valid YAML: {exc}",
             "fix the syntax; write repeated values out instead of using &anchors and *aliases",
         ) from None
+
+
+def read_yaml_file(
+    path: Path,
+    what: str,
+    missing_fix: str,
+    damaged_fix: str,
+    unreadable_fix: str = "check the path and its permissions",
+) -> Any:
+    """Read and parse a smartbin YAML file; each way it can fail names ``what``, the file and a fix."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SmartbinError(f"{what} {path} does not exist", missing_fix) from None
+    except UnicodeDecodeError as exc:
+        raise SmartbinError(
+            f"{what} {path} is not UTF-8 text (byte {exc.start}): it is binary or damaged", damaged_fix
+        ) from None
+    except OSError as exc:
+        raise SmartbinError(f"{what} {path} cannot be read: {exc.strerror}", unreadable_fix) from None
+    return read_yaml(text, f"{what} {path}")
 
 
 def describe(cls: type, indent: str = "") -> str:

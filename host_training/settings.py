@@ -10,11 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-import yaml
-
 from edge.errors import SmartbinError
 from edge.paths import TAXONOMIES, TRAINING_PRESETS
-from edge.schema import build_dataclass, opt
+from edge.schema import build_dataclass, opt, read_yaml_file
 
 
 @dataclass
@@ -113,7 +111,15 @@ def load_settings(preset: str | None, overrides: dict) -> TrainSettings:
         if not path.is_file():
             known = ", ".join(p.stem for p in sorted(TRAINING_PRESETS.glob("*.yaml")))
             raise SmartbinError(f"training preset {preset} not found", f"use one of: {known}, or a YAML path")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = (
+            read_yaml_file(
+                path,
+                "training preset",
+                missing_fix="give the preset's path, or a name from config/training/",
+                damaged_fix="write the preset again as YAML (see config/training/)",
+            )
+            or {}
+        )
         source = str(path)
     else:
         source = "settings"

@@ -230,7 +230,7 @@ def test_a_taxonomy_file_that_is_missing_or_not_text_names_the_file_and_the_fix(
     binary.write_bytes(b"\xff\xfe\x00bins")
     with pytest.raises(SmartbinError) as err:
         load_taxonomy(binary)
-    assert f"taxonomy file {binary} cannot be read as UTF-8 text" in err.value.problem
+    assert f"taxonomy file {binary} is not UTF-8 text (byte 0)" in err.value.problem
     assert err.value.fix == "point model.taxonomy at the YAML file, or copy it again from config/taxonomy/"
 
 

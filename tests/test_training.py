@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.errors import SmartbinError
 from edge.model.bundle import load_bundle
 from edge.service.cli import main as smartbin
 from host_training.cli import main as train
@@ -322,3 +323,18 @@ def test_full_mode_with_augmentation_and_an_empty_label(tmp_path, capsys):
     assert result["item"]["accuracy"] == pytest.approx(
         report["result"]["int8"]["item"]["accuracy"], abs=0.002
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(b"head_epochs: [1\n", "is not valid YAML"), (b"\xff\xfe\x00", "is not UTF-8 text (byte 0)")],
+)
+def test_a_preset_file_that_is_not_yaml_is_named_with_a_fix(tmp_path, content, problem):
+    """A broken preset is a SmartbinError naming the file, like the device config (it was a traceback)."""
+    from host_training.settings import load_settings
+
+    preset = tmp_path / "broken.yaml"
+    preset.write_bytes(content)
+    with pytest.raises(SmartbinError) as err:
+        load_settings(str(preset), {})
+    assert f"training preset {preset} {problem}" in str(err.value) and err.value.fix

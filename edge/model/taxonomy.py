@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from edge.errors import SmartbinError
-from edge.schema import read_yaml
+from edge.schema import read_yaml_file
 
 BIN_ID = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 MAX_COST = 1e6
@@ -178,17 +178,10 @@ def parse_costs(raw: Any, bins: list[str], fail) -> dict[str, dict[str, float]] 
 
 
 def load_taxonomy(path: str | Path) -> Taxonomy:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SmartbinError(
-            f"taxonomy file {path} does not exist",
-            "point model.taxonomy (or --taxonomy) at a file like config/taxonomy/cn-4bin.yaml",
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SmartbinError(
-            f"taxonomy file {path} cannot be read as UTF-8 text: {exc}",
-            "point model.taxonomy at the YAML file, or copy it again from config/taxonomy/",
-        ) from None
-    return parse_taxonomy(read_yaml(text, f"taxonomy file {path}"), source=str(path))
+    data = read_yaml_file(
+        Path(path),
+        "taxonomy file",
+        missing_fix="point model.taxonomy (or --taxonomy) at a file like config/taxonomy/cn-4bin.yaml",
+        damaged_fix="point model.taxonomy at the YAML file, or copy it again from config/taxonomy/",
+    )
+    return parse_taxonomy(data, source=str(path))
