@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from edge.camera.kinds import CAMERA_KINDS, STREAM_SCHEMES
+from edge.camera.kinds import STREAM_SCHEMES, sources_help
 from edge.errors import SmartbinError
 from edge.model.decision import DEFAULT_THRESHOLD
 from edge.schema import (
@@ -293,7 +293,7 @@ def camera_source(source: Union[int, str]) -> bool:
 class CameraConfig:
     source: Union[int, str] = opt(
         0,
-        ", ".join(kind.help for kind in CAMERA_KINDS.values()),
+        sources_help(),
         camera_source,
         f"an index 0 to {CAMERA_INDEX_MAX}, a device or file path (no NUL, each name at most "
         f"{NAME_MAX} bytes), a GStreamer pipeline or a {', '.join(STREAM_SCHEMES)} URL",

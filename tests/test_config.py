@@ -32,6 +32,15 @@ def test_reference_lists_every_key_and_parses_back():
     assert parse_config(yaml.safe_load(text)) == Config()
 
 
+def test_the_shipped_config_file_is_the_reference():
+    """config/smartbin.yaml is what `smartbin config` prints: every key, its default and its help."""
+    from edge.config import REFERENCE_HEADER
+    from edge.paths import REPO_ROOT
+
+    shipped = (REPO_ROOT / "config" / "smartbin.yaml").read_text(encoding="utf-8")
+    assert shipped == REFERENCE_HEADER + describe(Config) + "\n", "regenerate it: smartbin config > config/smartbin.yaml"
+
+
 @pytest.mark.parametrize(
     "data, words",
     [

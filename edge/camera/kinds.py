@@ -52,7 +52,7 @@ CAMERA_KINDS: dict[str, CameraKind] = {
     for kind in (
         CameraKind(
             "camera",
-            "camera index (0) or device (/dev/video0)",
+            "camera index (0), device (/dev/video0)",
             lambda s: isinstance(s, int) or s.isdigit() or s.startswith("/dev/"),
             _capture("camera", cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY),
             "check the cable and `ls /dev/video*`; the smartbin user must be in the video group; "
@@ -81,13 +81,19 @@ CAMERA_KINDS: dict[str, CameraKind] = {
         ),
         CameraKind(
             "video",
-            "video file",
+            "a video file",
             lambda s: True,
             _capture("video", cv2.CAP_ANY),
             "check camera.source: the file must exist and be a video OpenCV can decode",
         ),
     )
 }
+
+
+def sources_help() -> str:
+    """What ``camera.source`` takes, for the config reference."""
+    helps = [kind.help for kind in CAMERA_KINDS.values()]
+    return ", ".join(helps[:-1]) + ", or " + helps[-1]
 
 
 def camera_kind(source: Source) -> CameraKind:

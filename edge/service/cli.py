@@ -350,7 +350,7 @@ def cmd_config(args: argparse.Namespace) -> int:
             raise SmartbinError(
                 "--file needs at least one --set KEY=VALUE", "or leave out --file to print the reference"
             )
-        print(describe(Config))
+        print(REFERENCE_HEADER + describe(Config))
         return 0
     if not args.file:
         raise SmartbinError("--set needs --file PATH", "name the config file to change")
