@@ -38,7 +38,8 @@ def test_the_shipped_config_file_is_the_reference():
     from edge.paths import REPO_ROOT
 
     shipped = (REPO_ROOT / "config" / "smartbin.yaml").read_text(encoding="utf-8")
-    assert shipped == REFERENCE_HEADER + describe(Config) + "\n", "regenerate it: smartbin config > config/smartbin.yaml"
+    fix = "regenerate it: smartbin config > config/smartbin.yaml"
+    assert shipped == REFERENCE_HEADER + describe(Config) + "\n", fix
 
 
 @pytest.mark.parametrize(
