@@ -37,3 +37,23 @@ def test_a_fault_is_logged_once_retried_later_and_cleared_on_recovery(caplog):
     assert retry.recovered() == 4
     assert retry.fault is None and retry.attempts == 0
     assert retry.failed("again") <= 0.5  # the next outage backs off from the first step
+
+
+def test_the_defaults_half_a_second_doubling_to_thirty():
+    top = lambda: 1.0  # noqa: E731
+    assert [backoff_delay(n, rng=top) for n in (0, 1, 6, 7)] == [0.5, 1.0, 30.0, 30.0]
+    clock = Clock()
+    clock.now = 0.0
+    retry = Retry("camera fault", logging.getLogger("test"), clock=clock)
+    assert retry.due and (retry.base_s, retry.cap_s) == (0.5, 30.0)  # a new part is tried at once
+    delays = [retry.failed("gone") for _ in range(9)]
+    assert 0.25 <= delays[0] <= 0.5 and 15.0 <= delays[-1] <= 30.0
+    narrow = Retry("mqtt", logging.getLogger("test"), cap_s=4.0, clock=clock)
+    assert max(narrow.failed("down") for _ in range(6)) <= 4.0
+
+
+def test_a_failed_attempt_without_a_fault_is_no_recovery_to_report():
+    """Telemetry counts an attempt first and names the fault after (schedule, then fault)."""
+    retry = Retry("mqtt", logging.getLogger("test"), clock=Clock())
+    retry.schedule()
+    assert retry.attempts == 1 and retry.recovered() == 0 and retry.attempts == 0
