@@ -222,6 +222,9 @@ else
     out="$repo/build/release/$release"
     rm -rf "$out" "$out.tmp"
     mkdir -p "$out.tmp/wheels" "$out.tmp/systemd"
+    # setuptools builds in build/lib and never removes what is there: a module deleted since an earlier
+    # build would ship again
+    rm -rf "$repo/build/lib" "$repo"/build/bdist.*
     "$python" -m pip wheel --quiet --no-deps -w "$out.tmp/wheels" "$repo" >/dev/null
     wheel=$(ls "$out.tmp"/wheels/smartbin-*.whl)
     platforms=()

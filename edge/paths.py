@@ -7,6 +7,7 @@ set, else :func:`state_directory`.
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,10 +15,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from edge.config import Config, LedgerConfig
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_BUNDLE = REPO_ROOT / "models" / "household34-mnv2"
-TAXONOMIES = REPO_ROOT / "config" / "taxonomy"
-TRAINING_PRESETS = REPO_ROOT / "config" / "training"
+# What the package ships with (edge/shipped/: the checkout's models/ and config/ link there), found the
+# same way in a checkout and in an installed wheel.
+SHIPPED = Path(str(importlib.resources.files("edge") / "shipped"))
+DEFAULT_BUNDLE = SHIPPED / "models" / "household34-mnv2"
+REFERENCE_CONFIG = SHIPPED / "config" / "smartbin.yaml"
+TAXONOMIES = SHIPPED / "config" / "taxonomy"
+TRAINING_PRESETS = SHIPPED / "config" / "training"
+REPO_ROOT = Path(__file__).resolve().parent.parent  # a checkout's root (in a wheel: site-packages)
 SHARED = REPO_ROOT.parent / "shared"  # photos and weights beside a workstation's checkout
 SERVICE_STATE = Path("/var/lib/smartbin")
 

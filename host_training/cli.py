@@ -10,6 +10,7 @@ import sys
 import typing
 
 from edge.errors import SmartbinError
+from edge.paths import TRAINING_PRESETS
 from host_training.settings import TrainSettings, load_settings
 
 EPILOG = """\
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--preset", help="a preset name from config/training/ or a YAML file")
+    presets = ", ".join(sorted(p.stem for p in TRAINING_PRESETS.glob("*.yaml")))
+    parser.add_argument("--preset", help=f"a preset shipped with smartbin ({presets}) or a YAML file")
     parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's own logs")
     hints = typing.get_type_hints(TrainSettings)
     for f in dataclasses.fields(TrainSettings):

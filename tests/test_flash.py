@@ -145,12 +145,18 @@ def empty_bin(sshd, tmp_path):
 FRESH_DEPLOY = ("--yes", "--device-id", "bin-07", "--health-timeout", "1")
 
 
+# where setuptools builds; what an earlier build left there must not reach a release
+STALE_MODULE = REPO / "build" / "lib" / "edge" / "stale_leftover.py"
+
+
 @pytest.fixture(scope="module")
 def first_deploy(sshd, tmp_path_factory):
     """One fresh deploy (``FRESH_DEPLOY``) to an empty bin, once per module: the bin, what flash.sh
     answered, and a copy of the bin as the deploy left it."""
     folder = tmp_path_factory.mktemp("deployed")
     device = Bin(folder / "bin")
+    STALE_MODULE.parent.mkdir(parents=True, exist_ok=True)
+    STALE_MODULE.write_text("raise ImportError('a module deleted from the tree, left by an earlier build')\n")
     result = flash((sshd, device), *FRESH_DEPLOY)
     pristine = folder / "pristine"
     subprocess.run(["cp", "-a", str(device.root), str(pristine)], check=True)
@@ -273,6 +279,10 @@ def test_a_fresh_deploy_installs_release_user_unit_config_and_is_healthy(first_d
     assert "restart smartbin" in (device.root / "systemctl.log").read_text()
     assert "ok    model" in (device.root / "check.log").read_text()
     assert device.log()[-1].endswith(f"deploy {release}: ok")
+    # the wheel is whole (the default bundle inside it) and holds only what the tree holds
+    (site,) = (device.root / "opt/smartbin/releases" / release / "venv/lib").glob("python3*/site-packages")
+    assert (site / "edge/shipped/models/household34-mnv2/model.tflite").is_file()
+    assert not (site / "edge" / STALE_MODULE.name).exists()
 
 
 def test_a_redeploy_changes_nothing(deployed_bin):
