@@ -5,6 +5,7 @@ set -euo pipefail
 usage() {
     cat <<'EOF'
 Usage: deploy/flash.sh [options] user@host
+       deploy/flash.sh --build-only CPU:PYTHON:GLIBC [--model DIR]
 
 Install or update smartbin on one bin (a Raspberry Pi or Jetson running
 Debian/Raspberry Pi OS 64-bit) over SSH. The bin needs python3 with venv and
@@ -36,6 +37,10 @@ Options:
                        instead of the pip wheel: the pip wheel has no GStreamer, which a
                        Raspberry Pi camera module needs (camera.source: a libcamerasrc pipeline)
   --rollback           switch back to the previous release and restart; nothing is built
+  --build-only CPU:PYTHON:GLIBC
+                       build the release for such a bin here and stop, contacting no bin
+                       (e.g. aarch64:3.11:2.36, what Raspberry Pi OS 12 64-bit reports): it
+                       lands in build/release/<release>, whose path is the last line printed
   --keep N             releases kept on the bin (default 3)
   --health-timeout S   seconds the service must stay up after the restart (default 20)
   -p, --port PORT      SSH port
@@ -85,6 +90,7 @@ dry_run=0
 yes=0
 ssh_args=()
 target=""
+build_only=""
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --model) model="${2:?--model needs a folder}"; shift 2 ;;
@@ -93,6 +99,7 @@ while [ "$#" -gt 0 ]; do
         --keep) keep="${2:?--keep needs a number}"; shift 2 ;;
         --health-timeout) health_s="${2:?--health-timeout needs seconds}"; shift 2 ;;
         --rollback) rollback=1; shift ;;
+        --build-only) build_only="${2:?--build-only needs CPU:PYTHON:GLIBC, e.g. aarch64:3.11:2.36}"; shift 2 ;;
         --system-opencv) system_opencv=1; shift ;;
         -p | --port) ssh_args+=(-p "${2:?--port needs a number}"); shift 2 ;;
         -i | --identity) ssh_args+=(-i "${2:?--identity needs a key file}"); shift 2 ;;
@@ -105,7 +112,7 @@ while [ "$#" -gt 0 ]; do
             target="$1"; shift ;;
     esac
 done
-[ -n "$target" ] || { usage >&2; exit 2; }
+[ -n "$target" ] || [ -n "$build_only" ] || { usage >&2; exit 2; }
 [[ "$keep" =~ ^[1-9][0-9]*$ ]] || die "--keep $keep is not a number >= 1" "e.g. --keep 3"
 [[ "$health_s" =~ ^[0-9]+$ ]] || die "--health-timeout $health_s is not a number of seconds" "e.g. --health-timeout 20"
 [ -z "$config" ] || [ -f "$config" ] || die "config file $config does not exist" "give the path of a smartbin.yaml"
@@ -142,6 +149,94 @@ remote() {
     [ "${remote_uid:-0}" = 0 ] || [ "$1" = probe ] || sudo="sudo -n"
     "${ssh_cmd[@]}" "$target" "$sudo env ${remote_env[*]} bash -s -- $(printf '%q ' "$@")" <"$repo/deploy/remote.sh"
 }
+
+# check_arch: stop unless there are wheels for $arch
+check_arch() {
+    case "$arch" in
+        x86_64 | aarch64) ;;
+        *) die "no wheels for $arch (32-bit Raspberry Pi OS?)" \
+            "use the 64-bit OS image, or install by hand: pip install 'smartbin[edge-legacy]' (README)" ;;
+    esac
+}
+
+# release_id: <version>-<hash of the code, unit, reference config, model and the bin's kind>
+release_id() {
+    local version digest
+    version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$repo/pyproject.toml")
+    digest=$(
+        cd "$repo"
+        {
+            find edge -name '*.py' -print0 | sort -z | xargs -0 sha256sum
+            sha256sum pyproject.toml systemd/smartbin.service config/smartbin.yaml deploy/remote.sh
+            (cd "$model" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
+            echo "$arch $pyver $glibc"
+            [ -z "$opencv" ] || echo "system OpenCV $opencv numpy $numpy"
+        } | sha256sum | cut -c1-10
+    )
+    echo "$version-$digest"
+}
+
+# build_release: build/release/$release for $arch, Python $pyver, glibc $glibc
+build_release() {
+    local out wheel platforms constraints minor fetch missing
+    say "building release $release for $arch, Python $pyver"
+    out="$repo/build/release/$release"
+    rm -rf "$out" "$out.tmp"
+    mkdir -p "$out.tmp/wheels" "$out.tmp/systemd"
+    # setuptools builds in build/lib and never removes what is there: a module deleted since an earlier
+    # build would ship again
+    rm -rf "$repo/build/lib" "$repo"/build/bdist.*
+    "$python" -m pip wheel --quiet --no-deps -w "$out.tmp/wheels" "$repo" >/dev/null
+    wheel=$(ls "$out.tmp"/wheels/smartbin-*.whl)
+    platforms=()
+    minor=17
+    while [ "$minor" -le "${glibc#2.}" ]; do
+        platforms+=(--platform "manylinux_2_${minor}_$arch")
+        minor=$((minor + 1))
+    done
+    platforms+=(--platform "manylinux2014_$arch" --platform "linux_$arch")
+    constraints=()
+    if [ -n "$opencv" ]; then
+        # every wheel must work with the bin's numpy, which its OpenCV was built against
+        echo "numpy==$numpy" >"$work/constraints.txt"
+        constraints=(--constraint "$work/constraints.txt")
+    fi
+    if ! fetch=$("$python" -m pip download --quiet --only-binary=:all: --implementation cp \
+        --python-version "$pyver" "${platforms[@]}" "${constraints[@]}" -d "$out.tmp/wheels" \
+        "smartbin[edge] @ file://$wheel" 2>&1); then
+        rm -rf "$out.tmp"
+        grep -q "requires a different Python" <<<"$fetch" \
+            && die "smartbin needs Python $(sed -n 's/^requires-python *= *"\(.*\)"/\1/p' "$repo/pyproject.toml"); the bin has $pyver" \
+                "upgrade the bin's OS (Raspberry Pi OS 12 has Python 3.11)"
+        missing=$(sed -n 's/.*No matching distribution found for \([^ <>=!~;]*\).*/\1/p' <<<"$fetch" | head -1)
+        [ -z "$missing" ] || die "no wheel of $missing for $arch, Python $pyver (glibc $glibc): the bin could not install this release" \
+            "give the bin a Python that $missing has $arch wheels for (Raspberry Pi OS 12 has 3.11), or install it there by hand"
+        die "cannot fetch the wheels for $arch, Python $pyver: $(tail -1 <<<"$fetch")" \
+            "this machine needs the package index once; later runs use pip's cache"
+    fi
+    if [ -n "$opencv" ]; then
+        rm -f "$out.tmp"/wheels/opencv_python*.whl "$out.tmp"/wheels/numpy-*.whl
+        echo "OpenCV $opencv, numpy $numpy" >"$out.tmp/SYSTEM_OPENCV"
+    fi
+    cp -r "$model" "$out.tmp/model"
+    cp "$repo/systemd/smartbin.service" "$out.tmp/systemd/"
+    cp "$repo/config/smartbin.yaml" "$out.tmp/reference.yaml"
+    echo "$release" >"$out.tmp/VERSION"
+    mv "$out.tmp" "$out"
+    echo "    $(du -sh "$out" | cut -f1) in build/release/$release"
+}
+
+if [ -n "$build_only" ]; then
+    IFS=: read -r arch pyver glibc <<<"$build_only"
+    [[ "$pyver" =~ ^3\.[0-9]+$ && "$glibc" =~ ^2\.[0-9]+$ ]] \
+        || die "--build-only $build_only is not CPU:PYTHON:GLIBC" "e.g. --build-only aarch64:3.11:2.36"
+    opencv=""
+    check_arch
+    release=$(release_id)
+    build_release
+    echo "$repo/build/release/$release"
+    exit 0
+fi
 
 say "asking $target what it is"
 probe_args=(probe)
@@ -185,23 +280,8 @@ if [ "$rollback" = 1 ]; then
     exit $?
 fi
 
-case "$arch" in
-    x86_64 | aarch64) ;;
-    *) die "no wheels for $arch (32-bit Raspberry Pi OS?)" \
-        "use the 64-bit OS image, or install by hand: pip install 'smartbin[edge-legacy]' (README)" ;;
-esac
-version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$repo/pyproject.toml")
-digest=$(
-    cd "$repo"
-    {
-        find edge -name '*.py' -print0 | sort -z | xargs -0 sha256sum
-        sha256sum pyproject.toml systemd/smartbin.service config/smartbin.yaml deploy/remote.sh
-        (cd "$model" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
-        echo "$arch $pyver $glibc"
-        [ -z "$opencv" ] || echo "system OpenCV $opencv numpy $numpy"
-    } | sha256sum | cut -c1-10
-)
-release="$version-$digest"
+check_arch
+release=$(release_id)
 config_mode=keep
 [ -z "$config" ] || config_mode=replace
 say "release $release (model $(basename "$model"))"
@@ -218,41 +298,7 @@ elif [ "$dry_run" = 1 ]; then
     [ -z "$opencv" ] || echo "    would: leave out the OpenCV and numpy wheels (the bin's own are used)"
     echo "    would: copy build/release/$release to $target"
 else
-    say "building release $release for $arch, Python $pyver"
-    out="$repo/build/release/$release"
-    rm -rf "$out" "$out.tmp"
-    mkdir -p "$out.tmp/wheels" "$out.tmp/systemd"
-    # setuptools builds in build/lib and never removes what is there: a module deleted since an earlier
-    # build would ship again
-    rm -rf "$repo/build/lib" "$repo"/build/bdist.*
-    "$python" -m pip wheel --quiet --no-deps -w "$out.tmp/wheels" "$repo" >/dev/null
-    wheel=$(ls "$out.tmp"/wheels/smartbin-*.whl)
-    platforms=()
-    minor=17
-    while [ "$minor" -le "${glibc#2.}" ]; do
-        platforms+=(--platform "manylinux_2_${minor}_$arch")
-        minor=$((minor + 1))
-    done
-    platforms+=(--platform "manylinux2014_$arch" --platform "linux_$arch")
-    constraints=()
-    if [ -n "$opencv" ]; then
-        # every wheel must work with the bin's numpy, which its OpenCV was built against
-        echo "numpy==$numpy" >"$work/constraints.txt"
-        constraints=(--constraint "$work/constraints.txt")
-    fi
-    "$python" -m pip download --quiet --only-binary=:all: --implementation cp --python-version "$pyver" \
-        "${platforms[@]}" "${constraints[@]}" -d "$out.tmp/wheels" "smartbin[edge] @ file://$wheel" \
-        || die "cannot fetch the wheels for $arch, Python $pyver" "this machine needs the package index once; later runs use pip's cache"
-    if [ -n "$opencv" ]; then
-        rm -f "$out.tmp"/wheels/opencv_python*.whl "$out.tmp"/wheels/numpy-*.whl
-        echo "OpenCV $opencv, numpy $numpy" >"$out.tmp/SYSTEM_OPENCV"
-    fi
-    cp -r "$model" "$out.tmp/model"
-    cp "$repo/systemd/smartbin.service" "$out.tmp/systemd/"
-    cp "$repo/config/smartbin.yaml" "$out.tmp/reference.yaml"
-    echo "$release" >"$out.tmp/VERSION"
-    mv "$out.tmp" "$out"
-    echo "    $(du -sh "$out" | cut -f1) in build/release/$release"
+    build_release
 fi
 if [ "$dry_run" = 0 ] && { [ "$have" != yes ] || [ -n "$config" ]; }; then
     incoming=$("${ssh_cmd[@]}" "$target" "mktemp -d /tmp/smartbin-incoming.XXXXXX")

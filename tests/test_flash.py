@@ -14,6 +14,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -229,6 +230,35 @@ def test_bad_arguments_stop_before_anything_happens(empty_bin):
     assert result.returncode == 2 and "is not a model bundle" in result.stderr and "fix:" in result.stderr
     result = flash(empty_bin, "--keep", "0")
     assert result.returncode == 2 and "--keep 0" in result.stderr
+
+
+def test_a_bin_whose_python_no_wheel_fits_is_refused_before_anything_changes(empty_bin, tmp_path):
+    """A bin reporting a Python that a dependency has no wheel for (3.99 here): flash.sh names the
+    package and the Python while building the release, and the bin is left as it was."""
+    _, device = empty_bin
+    python = tmp_path / "python3"
+    python.write_text(
+        '#!/bin/sh\ncase "$*" in *version_info*) echo 3.99 ;; *) exec /usr/bin/python3 "$@" ;; esac\n'
+    )
+    python.chmod(0o755)
+    before = device.snapshot()
+    result = flash(empty_bin, "--yes", env={"SMARTBIN_PYTHON": str(python)})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert re.search(r"no wheel of [\w.-]+ for x86_64, Python 3\.99 \(glibc [\d.]+\)", result.stderr), (
+        result.stderr
+    )
+    assert "fix: give the bin a Python that" in result.stderr
+    assert device.snapshot() == before
+    assert not list((REPO / "build" / "release").glob("*.tmp"))
+
+
+def test_build_only_wants_cpu_python_and_glibc():
+    result = subprocess.run([str(FLASH), "--build-only", "aarch64:3.11"], capture_output=True, text=True)
+    assert (
+        result.returncode == 2
+        and "is not CPU:PYTHON:GLIBC" in result.stderr
+        and "aarch64:3.11:2.36" in result.stderr
+    )
 
 
 def test_without_yes_and_without_a_terminal_it_refuses_to_change_the_bin(empty_bin):
