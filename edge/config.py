@@ -425,16 +425,24 @@ class SortingConfig:
     )
     review_folder: Optional[str] = opt(
         None,
-        "where uncertain items' frames (+ probabilities JSON) are kept for labelling; "
+        "where items' frames (+ probabilities JSON) are kept for labelling: every uncertain item and "
+        "sorting.review_sample of the others; "
         "empty = review/ beside the ledger",
         file_path,
         PATH_EXPECT,
     )
     review_max: int = opt(
         500,
-        "uncertain items kept in the review folder, oldest deleted first; 0 = keep none",
+        "items kept in the review folder, oldest deleted first; 0 = keep none",
         lambda n: 0 <= n <= 1_000_000,
         "0 to 1000000",
+    )
+    review_sample: float = opt(
+        0.02,
+        "share of the items sorted with confidence whose frame is kept in the review folder too (marked "
+        "sample), so that confident mistakes reach labelling as well; 0 = uncertain items only",
+        unit_interval,
+        "0 to 1",
     )
     ready_timeout_s: float = opt(
         30.0,

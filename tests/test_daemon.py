@@ -138,7 +138,33 @@ def test_uncertain_items_are_kept_for_review_in_a_bounded_folder(tmp_path, emula
     assert len(frames) == 2
     sidecar = json.loads(frames[-1].with_suffix(".json").read_text())
     assert sidecar["id"] == seen[-1].id and len(sidecar["probabilities"]) == 34
-    assert sidecar["uncertain"] and sidecar["label"] is None
+    assert sidecar["uncertain"] and sidecar["kept"] == "uncertain" and sidecar["label"] is None
+    assert not list((tmp_path / "review").glob("*.tmp"))  # written under another name, then renamed
+
+
+@pytest.mark.parametrize(
+    ("sample", "draw", "kept"), [(1.0, 0.5, 3), (0.3, 0.5, 0), (0.6, 0.5, 3), (0.0, 0.0, 0)]
+)
+def test_a_share_of_confident_items_is_kept_for_review_too(tmp_path, emulator, sample, draw, kept):
+    """sorting.review_sample: a confident mistake can only be found if confident items reach review too."""
+    config = config_for(tmp_path, emulator.port)
+    config.model.threshold = 0.0  # every item is sorted with confidence
+    config.sorting.review_sample = sample
+    seen = []
+    Daemon(config, opener=lambda cfg: emulator.tray, on_sorted=seen.append, draw=lambda: draw).run()
+    assert len(seen) == 3 and not any(i.uncertain for i in seen)
+    sidecars = [json.loads(p.read_text()) for p in sorted((tmp_path / "review").glob("*.json"))]
+    assert len(sidecars) == kept and all(s["kept"] == "sample" and not s["uncertain"] for s in sidecars)
+    assert {s["id"] for s in sidecars} <= {i.id for i in seen}
+
+
+def test_why_a_frame_is_kept():
+    from edge.service.review import review_reason
+
+    assert review_reason(True, 0.0, 0.99) == "uncertain"
+    assert review_reason(False, 0.02, 0.019) == "sample"
+    assert review_reason(False, 0.02, 0.02) is None
+    assert review_reason(False, 0.0, 0.0) is None
 
 
 @needs_broker

@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import random
 import signal
 import sqlite3
 import threading
@@ -67,7 +68,7 @@ from edge.mqtt.telemetry import Telemetry
 from edge.paths import pid_file, review_folder, tray_file
 from edge.service.commands import register_commands
 from edge.service.notify import Notifier
-from edge.service.review import save_for_review
+from edge.service.review import review_reason, save_for_review
 from edge.servo.link import ActuatorFault
 from edge.servo.protocols import Controller, open_controller
 from edge.servo.supervisor import Calibration, ServoSupervisor
@@ -130,9 +131,10 @@ class Daemon:
         notifier: Notifier | None = None,
         on_sorted: Callable[[SortedItem], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        draw: Callable[[], float] = random.random,
     ) -> None:
         self.config, self.config_path = config, config_path
-        self.opener, self.connect, self.clock = opener, connect, clock
+        self.opener, self.connect, self.clock, self.draw = opener, connect, clock, draw
         self.notifier = notifier or Notifier()
         self.on_sorted = on_sorted
         self._stop = threading.Event()
@@ -471,7 +473,8 @@ class Daemon:
             log.info("nothing to sort: the model sees %s (%.0f%%)", decision.item, decision.confidence * 100)
             self.trigger.handled()
             return
-        if decision.uncertain:
+        kept = review_reason(decision.uncertain, self.config.sorting.review_sample, self.draw())
+        if kept:
             save_for_review(
                 review_folder(self.config),
                 frames[-1],
@@ -482,6 +485,7 @@ class Daemon:
                 self.classifier.labels,
                 self.classifier.bundle.model_id,
                 self.config.sorting.review_max,
+                kept,
             )
         self.pending = item
         self.attempt(item)

@@ -1,14 +1,20 @@
-"""The review folder: frames of uncertain items, kept for a person to label and retrain on.
+"""The review folder: frames kept for a person to label and retrain on.
 
-Each item is ``<time>-<id>.jpg`` with ``<time>-<id>.json`` beside it (the
-model, the decision and every item's probability). The folder is bounded:
-past ``review_max`` items the oldest pair is deleted first.
+Every uncertain item is kept, and a random share (``sorting.review_sample``) of
+the items sorted with confidence, so that a confident mistake can be found too;
+the sidecar's ``kept`` says which. Each item is ``<time>-<id>.jpg`` with
+``<time>-<id>.json`` beside it (the model, the decision and every item's
+probability). Each file is written under a temporary name and renamed, the JSON
+last: a JSON file means its pair is whole, for whoever copies the folder while
+the daemon writes to it. The folder is bounded: past ``review_max`` items the
+oldest pair is deleted first.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +33,19 @@ def review_name(when: float, item_id: str) -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime(when)) + f".{micro:06d}-{item_id[:12]}"
 
 
+def review_reason(uncertain: bool, sample: float, draw: float) -> str | None:
+    """Why an item's frame is kept (``uncertain``, ``sample``), or None; ``draw`` is uniform in [0, 1)."""
+    if uncertain:
+        return "uncertain"
+    return "sample" if draw < sample else None
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def save_for_review(
     folder: Path,
     frame_bgr: np.ndarray,
@@ -37,6 +56,7 @@ def save_for_review(
     labels: Sequence[str],
     model_id: str,
     keep: int,
+    kept: str = "uncertain",
 ) -> Path | None:
     """Write the frame and its sidecar; never raises (a full disk must not stop the sorting)."""
     if keep <= 0:
@@ -54,14 +74,17 @@ def save_for_review(
         "cost_rule": decision.cost_rule,
         "bins": {k: round(v, 4) for k, v in decision.bin_probs.items()},
         "probabilities": {label: round(float(p), 4) for label, p in zip(labels, probabilities)},
+        "kept": kept,
         "label": None,
     }
     try:
         folder.mkdir(parents=True, exist_ok=True)
         image = folder / f"{name}.jpg"
-        if not cv2.imwrite(str(image), frame_bgr, [cv2.IMWRITE_JPEG_QUALITY, 92]):
-            raise OSError(f"OpenCV could not write {image}")
-        (folder / f"{name}.json").write_text(json.dumps(sidecar, indent=1), encoding="utf-8")
+        ok, jpeg = cv2.imencode(".jpg", frame_bgr, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        if not ok:
+            raise OSError(f"OpenCV could not encode {image}")
+        write_atomically(image, jpeg.tobytes())
+        write_atomically(folder / f"{name}.json", json.dumps(sidecar, indent=1).encode("utf-8"))
         for old in sorted(folder.glob("*.jpg"))[:-keep]:
             old.unlink(missing_ok=True)
             old.with_suffix(".json").unlink(missing_ok=True)
