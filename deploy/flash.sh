@@ -5,6 +5,7 @@ set -euo pipefail
 usage() {
     cat <<'EOF'
 Usage: deploy/flash.sh [options] user@host
+       deploy/flash.sh --pull-review [--delete] user@host [DIR]
        deploy/flash.sh --build-only CPU:PYTHON:GLIBC [--model DIR]
 
 Install or update smartbin on one bin (a Raspberry Pi or Jetson running
@@ -37,6 +38,11 @@ Options:
                        instead of the pip wheel: the pip wheel has no GStreamer, which a
                        Raspberry Pi camera module needs (camera.source: a libcamerasrc pipeline)
   --rollback           switch back to the previous release and restart; nothing is built
+  --pull-review        copy the bin's review folder (the frames kept for labelling, each with
+                       its JSON) into DIR, the second argument (default: review-<host>):
+                       whole pairs only, the service keeps running, and a pair already in
+                       DIR (labelled since, perhaps) is never overwritten
+  --delete             with --pull-review: then remove on the bin the pairs that arrived whole
   --build-only CPU:PYTHON:GLIBC
                        build the release for such a bin here and stop, contacting no bin
                        (e.g. aarch64:3.11:2.36, what Raspberry Pi OS 12 64-bit reports): it
@@ -91,6 +97,9 @@ yes=0
 ssh_args=()
 target=""
 build_only=""
+pull=0
+delete=0
+review_dir=""
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --model) model="${2:?--model needs a folder}"; shift 2 ;;
@@ -99,6 +108,8 @@ while [ "$#" -gt 0 ]; do
         --keep) keep="${2:?--keep needs a number}"; shift 2 ;;
         --health-timeout) health_s="${2:?--health-timeout needs seconds}"; shift 2 ;;
         --rollback) rollback=1; shift ;;
+        --pull-review) pull=1; shift ;;
+        --delete) delete=1; shift ;;
         --build-only) build_only="${2:?--build-only needs CPU:PYTHON:GLIBC, e.g. aarch64:3.11:2.36}"; shift 2 ;;
         --system-opencv) system_opencv=1; shift ;;
         -p | --port) ssh_args+=(-p "${2:?--port needs a number}"); shift 2 ;;
@@ -108,15 +119,22 @@ while [ "$#" -gt 0 ]; do
         -h | --help) usage; exit 0 ;;
         -*) die "unknown option $1" "deploy/flash.sh --help lists the options" ;;
         *)
-            [ -z "$target" ] || die "more than one bin given ($target, $1)" "deploy one bin per run; loop for a fleet"
-            target="$1"; shift ;;
+            if [ -z "$target" ]; then
+                target="$1"
+            elif [ "$pull" = 1 ] && [ -z "$review_dir" ]; then
+                review_dir="$1"
+            else
+                die "more than one bin given ($target, $1)" "deploy one bin per run; loop for a fleet"
+            fi
+            shift ;;
     esac
 done
 [ -n "$target" ] || [ -n "$build_only" ] || { usage >&2; exit 2; }
 [[ "$keep" =~ ^[1-9][0-9]*$ ]] || die "--keep $keep is not a number >= 1" "e.g. --keep 3"
 [[ "$health_s" =~ ^[0-9]+$ ]] || die "--health-timeout $health_s is not a number of seconds" "e.g. --health-timeout 20"
 [ -z "$config" ] || [ -f "$config" ] || die "config file $config does not exist" "give the path of a smartbin.yaml"
-if [ "$rollback" = 0 ]; then
+[ "$delete" = 0 ] || [ "$pull" = 1 ] || die "--delete goes with --pull-review" "deploy/flash.sh --pull-review --delete HOST [DIR]"
+if [ "$rollback" = 0 ] && [ "$pull" = 0 ]; then
     if [ ! -f "$model/model.tflite" ] || [ ! -f "$model/model.json" ]; then
         die "$model is not a model bundle (model.tflite + model.json)" "give --model the folder smartbin-train wrote"
     fi
@@ -263,6 +281,38 @@ fi
 if [ "$remote_uid" != 0 ]; then
     "${ssh_cmd[@]}" "$target" "sudo -n true" 2>/dev/null || [ "$dry_run" = 1 ] \
         || die "the login user on $target has no passwordless sudo" "log in as root, or allow sudo without a password"
+fi
+
+if [ "$pull" = 1 ]; then
+    dest="${review_dir:-review-${target#*@}}"
+    mkdir -p "$dest" "$work/review"
+    say "copying the review folder of $target into $dest"
+    remote review-pack | tar -xf - -C "$work/review" \
+        || die "the review folder of $target did not arrive" "check the connection and run it again: nothing was removed"
+    new=0
+    here=0
+    whole=()
+    for json in "$work"/review/*.json; do
+        [ -e "$json" ] || continue
+        name=$(basename "$json")
+        if [ ! -s "${json%.json}.jpg" ] || ! "$python" -m json.tool "$json" >/dev/null 2>&1; then
+            echo "    $name did not arrive whole: left on the bin"
+            continue
+        fi
+        whole+=("$name")
+        if [ -e "$dest/$name" ]; then
+            here=$((here + 1))
+            continue
+        fi
+        mv "${json%.json}.jpg" "$dest/"
+        mv "$json" "$dest/"  # the JSON last: a JSON here means a whole pair
+        new=$((new + 1))
+    done
+    echo "    $new new pairs in $dest; $here were here already and are left as they are"
+    if [ "$delete" = 1 ] && [ "${#whole[@]}" -gt 0 ]; then
+        remote review-delete "${whole[@]}"
+    fi
+    exit 0
 fi
 
 confirm() {

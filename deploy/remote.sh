@@ -3,6 +3,7 @@
 # Not meant to be run by hand: deploy/flash.sh --help explains the steps.
 #   remote.sh probe [opencv] | has RELEASE | install RELEASE INCOMING DEVICE_ID keep|replace KEEP HEALTH_S
 #   remote.sh rollback HEALTH_S
+#   remote.sh review-pack | review-delete NAME.json...
 set -Eeuo pipefail
 trap 'echo "flash.sh on the bin: step failed: $BASH_COMMAND" >&2; exit 2' ERR
 
@@ -243,6 +244,60 @@ rollback() {
     exit 1
 }
 
+# review_folder: where the installed smartbin keeps frames for labelling (sorting.review_folder, else
+# review/ in the service's state folder), as the installed release reads the bin's config
+review_folder() {
+    [ -x "$home/current/venv/bin/python" ] || {
+        echo "flash.sh on the bin: smartbin is not installed here ($home/current)" >&2
+        exit 2
+    }
+    local args=()
+    [ ! -f "$config" ] || args=("$config")
+    STATE_DIRECTORY="$prefix/var/lib/smartbin" "$home/current/venv/bin/python" -c '
+import sys
+from edge.config import load_config
+from edge.errors import SmartbinError
+from edge.paths import review_folder
+try:
+    print(review_folder(load_config(sys.argv[1] if len(sys.argv) > 1 else None)))
+except SmartbinError as exc:
+    sys.exit(f"flash.sh on the bin: {exc}")' "${args[@]}"
+}
+
+# review_pack: a tar of every whole pair (a JSON, which is written last, and its JPEG) on stdout;
+# the folder's path first, on stderr
+review_pack() {
+    local folder
+    folder=$(review_folder)
+    echo "review folder: $folder" >&2
+    if [ ! -d "$folder" ]; then
+        echo "review folder: none yet at $folder (nothing uncertain or sampled kept so far)" >&2
+        tar -cf - -T /dev/null
+        return 0
+    fi
+    cd "$folder"
+    local pairs=()
+    for json in *.json; do
+        [ -e "$json" ] && [ -s "${json%.json}.jpg" ] && pairs+=("$json" "${json%.json}.jpg")
+    done
+    # a pair the daemon prunes meanwhile is left out, not an error
+    tar --ignore-failed-read -cf - -- "${pairs[@]}" 2>/dev/null
+}
+
+# review_delete NAME.json...: remove these pairs, nothing else
+review_delete() {
+    local folder name removed=0
+    folder=$(review_folder)
+    for name in "$@"; do
+        [[ "$name" =~ ^[A-Za-z0-9._-]+\.json$ ]] || continue
+        if [ -e "$folder/$name" ]; then
+            run rm -f -- "$folder/${name%.json}.jpg" "$folder/$name"
+            removed=$((removed + 1))
+        fi
+    done
+    echo "removed $removed pairs from $folder"
+}
+
 action="${1:?remote.sh: no action}"
 shift
 case "$action" in
@@ -250,5 +305,7 @@ case "$action" in
     has) if [ -e "$releases/$1/.complete" ]; then echo yes; else echo no; fi ;;
     install) deploy_release "$@" ;;
     rollback) rollback "$@" ;;
+    review-pack) review_pack ;;
+    review-delete) review_delete "$@" ;;
     *) echo "remote.sh: unknown action $action" >&2; exit 2 ;;
 esac

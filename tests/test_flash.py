@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -177,9 +178,13 @@ def deployed_bin(sshd, first_deploy):
 
 
 def flash(
-    rig: tuple[Sshd, Bin], *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+    rig: tuple[Sshd, Bin],
+    *args: str,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    after: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess:
-    """deploy/flash.sh over the rig's sshd, into the rig's bin."""
+    """deploy/flash.sh over the rig's sshd, into the rig's bin; ``after`` follows the bin's address."""
     sshd, device = rig
     env = {
         **os.environ,
@@ -191,7 +196,16 @@ def flash(
         **(env or {}),
     }
     return subprocess.run(
-        [str(FLASH), "-p", str(sshd.port), "-i", str(sshd.key), *args, f"{getpass.getuser()}@127.0.0.1"],
+        [
+            str(FLASH),
+            "-p",
+            str(sshd.port),
+            "-i",
+            str(sshd.key),
+            *args,
+            f"{getpass.getuser()}@127.0.0.1",
+            *after,
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -431,3 +445,49 @@ def test_system_opencv_installs_on_the_bins_opencv_and_numpy_and_reads_gstreamer
         timeout=60,
     )
     assert check.returncode == 0 and "ok    camera" in check.stdout, check.stdout + check.stderr
+
+
+def review_pair(folder: Path, name: str) -> None:
+    """What the daemon writes: the JPEG, then its JSON (each renamed into place)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.jpg").write_bytes(b"\xff\xd8" + name.encode())
+    (folder / f"{name}.json").write_text(json.dumps({"id": name, "label": None}))
+
+
+def test_pull_review_copies_whole_pairs_never_overwrites_a_label_and_deletes_on_request(
+    deployed_bin, tmp_path
+):
+    _, device = deployed_bin
+    review = device.root / "var/lib/smartbin/review"
+    review_pair(review, "20261125-010000.000001-aaa")
+    review_pair(review, "20261125-010001.000001-bbb")
+    (review / "20261125-010002.000001-ccc.jpg").write_bytes(b"\xff\xd8")  # its JSON is not written yet
+    (review / "20261125-010003.000001-ddd.jpg.tmp").write_bytes(b"\xff")  # being written
+    dest = tmp_path / "pulled"
+    result = flash(deployed_bin, "--pull-review", after=(str(dest),))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "20261125-010000.000001-aaa.jpg",
+        "20261125-010000.000001-aaa.json",
+        "20261125-010001.000001-bbb.jpg",
+        "20261125-010001.000001-bbb.json",
+    ]
+    assert "2 new pairs" in result.stdout and len(list(review.iterdir())) == 6  # nothing removed
+    labelled = dest / "20261125-010000.000001-aaa.json"
+    labelled.write_text(json.dumps({"id": "aaa", "label": "cup"}))
+    review_pair(review, "20261125-010004.000001-eee")
+    result = flash(deployed_bin, "--pull-review", "--delete", after=(str(dest),))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(labelled.read_text())["label"] == "cup"  # labelled here since: never overwritten
+    assert (dest / "20261125-010004.000001-eee.json").exists() and "1 new pairs" in result.stdout
+    assert sorted(p.name for p in review.iterdir()) == [
+        "20261125-010002.000001-ccc.jpg",
+        "20261125-010003.000001-ddd.jpg.tmp",
+    ]
+    assert "removed 3 pairs" in result.stdout
+
+
+def test_pull_review_from_a_bin_that_kept_nothing_yet_says_so(deployed_bin, tmp_path):
+    result = flash(deployed_bin, "--pull-review", after=(str(tmp_path / "pulled"),))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "none yet" in result.stderr and "0 new pairs" in result.stdout
