@@ -114,3 +114,27 @@ def test_no_interpreter_installed_says_what_to_install():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 2
     assert "no TFLite interpreter is installed" in out.stderr and "tflite-runtime" in out.stderr
+
+
+@needs_data
+def test_eval_compares_two_bundles_on_the_same_photos(tmp_path, capsys, tiny_bundle):
+    """Each side of the comparison is what `eval` alone says of that bundle on those photos."""
+    items = make_photo_folder(tmp_path / "items", per_class=4, classes=("battery", "biological", "clothes"))
+    alone = []
+    for bundle in (SHIPPED, tiny_bundle):
+        assert main(["eval", "--model", str(bundle), "--data", str(items), "--json"]) == 0
+        alone.append(json.loads(capsys.readouterr().out)["bin"]["accuracy"])
+    args = ["eval", "--model", str(SHIPPED), "--model", str(tiny_bundle), "--data", str(items)]
+    assert main([*args, "--json"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert both["n"] == 12 and both["bin_accuracy"] == pytest.approx(alone)
+    assert both["models"] == [SHIPPED.name, tiny_bundle.name]
+    right = [round(a * 12) for a in alone]
+    assert right[0] - right[1] == len(both["only_first"]) - len(both["only_second"])
+    assert all(str(items) in p for p in both["only_first"] + both["only_second"])
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"verdict: {both['verdict']}"
+    assert main(["eval", "--model", str(SHIPPED), "--model", str(SHIPPED), "--data", str(items)]) == 0
+    assert "verdict: the same" in capsys.readouterr().out
+    assert main([*args, "--model", str(SHIPPED)]) == 2
+    assert "--model is given 3 times" in capsys.readouterr().err

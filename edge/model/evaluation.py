@@ -151,3 +151,81 @@ def misrouted(bin_result: dict[str, Any], true_bin: str) -> dict[str, Any]:
         "recall": row[names.index(true_bin)] / n if n else 0.0,
         "sent_to": {b: c for b, c in zip(names, row) if b != true_bin},
     }
+
+
+def bins_right(
+    probs: np.ndarray, truth: Sequence[str], labels: Sequence[str], taxonomy: Any
+) -> list[bool | None]:
+    """Per photo, whether the decision's bin is its true bin (``None``: its truth has no bin, like
+    ``empty``). A truth is an item label (its bin from the taxonomy) or a bin id."""
+    chosen = predicted_bins(probs, labels, taxonomy)
+    right: list[bool | None] = []
+    for bin_id, true in zip(chosen, truth):
+        true_bin = true if true in taxonomy.bin_ids and true not in labels else taxonomy.bin_of(true)
+        right.append(None if true_bin is None else bin_id == true_bin)
+    return right
+
+
+def compare_models(
+    names: tuple[str, str], truth: Sequence[str], right: tuple[Sequence[bool | None], Sequence[bool | None]]
+) -> dict[str, Any]:
+    """Two models' bins on the same photos: accuracy overall and per true label, the photos each gets
+    right that the other misses (by index), and a verdict."""
+    scored = [i for i in range(len(truth)) if right[0][i] is not None and right[1][i] is not None]
+    if not scored:
+        raise ValueError("no photo has a bin to score")
+
+    def accuracy(model: int, photos: Sequence[int]) -> float:
+        return sum(bool(right[model][i]) for i in photos) / len(photos)
+
+    per_label = {
+        label: [accuracy(m, [i for i in scored if truth[i] == label]) for m in (0, 1)]
+        for label in dict.fromkeys(truth[i] for i in scored)
+    }
+    overall = [accuracy(0, scored), accuracy(1, scored)]
+    only = [[i for i in scored if right[m][i] and not right[1 - m][i]] for m in (0, 1)]
+    points = (overall[1] - overall[0]) * 100
+    if not only[0] and not only[1]:
+        verdict = f"the same: both put the same {len(scored)} photos in the right bin and miss the same"
+    else:
+        better = names[1] if points > 0 else names[0]
+        verdict = (
+            f"{better} is better by {abs(points):.1f} points of bin accuracy"
+            if points
+            else "neither is better: as many photos each way"
+        ) + (
+            f" ({overall[0]:.1%} and {overall[1]:.1%} on {len(scored)} photos; "
+            f"{names[1]} gets {len(only[1])} right that {names[0]} misses, "
+            f"{names[0]} gets {len(only[0])} that {names[1]} misses)"
+        )
+    return {
+        "models": list(names),
+        "n": len(scored),
+        "bin_accuracy": overall,
+        "per_label": per_label,
+        "only_first": only[0],
+        "only_second": only[1],
+        "verdict": verdict,
+    }
+
+
+def format_comparison(result: dict[str, Any], paths: Sequence[str], show: int = 10) -> str:
+    a, b = result["models"]
+    width = max(12, *(len(label) for label in result["per_label"]))
+    lines = [
+        f"bin accuracy on {result['n']} photos: {a} {result['bin_accuracy'][0]:.1%}, "
+        f"{b} {result['bin_accuracy'][1]:.1%}",
+        f"{'label':<{width}}  {'first':>7}  {'second':>7}",
+    ]
+    for label, (x, y) in result["per_label"].items():
+        mark = "  <" if y < x else "  >" if y > x else ""
+        lines.append(f"{label:<{width}}  {x:7.1%}  {y:7.1%}{mark}")
+    for key, who, other in (("only_second", b, a), ("only_first", a, b)):
+        photos = result[key]
+        if photos:
+            lines.append(f"{who} right, {other} wrong ({len(photos)}):")
+            lines += [f"  {paths[i]}" for i in photos[:show]]
+            if len(photos) > show:
+                lines.append(f"  ... and {len(photos) - show} more (--json lists them all)")
+    lines.append(f"verdict: {result['verdict']}")
+    return "\n".join(lines)

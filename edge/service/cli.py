@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import yaml
@@ -20,7 +20,14 @@ from edge.images import expand_paths, labelled_images, read_image
 from edge.ledger import read_summary
 from edge.model.classifier import Classifier, load_classifier
 from edge.model.decision import decide
-from edge.model.evaluation import format_scores, plot_confusion, score_predictions
+from edge.model.evaluation import (
+    bins_right,
+    compare_models,
+    format_comparison,
+    format_scores,
+    plot_confusion,
+    score_predictions,
+)
 from edge.paths import DEFAULT_BUNDLE, pid_file
 from edge.schema import describe, key_type
 from edge.service import check, demo
@@ -40,6 +47,8 @@ examples:
   smartbin classify photos/ --json             every photo in a folder, as JSON lines
   smartbin eval --data runs/household34/test_split --plots out/
                                                accuracy on labelled photos
+  smartbin eval --model models/household34-mnv2 --model runs/new/bundle --data bin-07/
+                                               two bundles side by side on the same photos
   smartbin servo cycle                         visit every bin (after installation)
   smartbin counts                              items sorted per bin, from the ledger
   smartbin mqtt test                           which step of the broker connection fails
@@ -76,9 +85,13 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
+def add_model_options(p: argparse.ArgumentParser, compare: bool = False) -> None:
     add_config_option(p)
-    p.add_argument("--model", help=f"model bundle folder (default: {DEFAULT_BUNDLE.name} in models/)")
+    default = f"model bundle folder (default: {DEFAULT_BUNDLE.name} in models/)"
+    if compare:
+        p.add_argument("--model", action="append", help=default + "; twice to compare two bundles")
+    else:
+        p.add_argument("--model", help=default)
     p.add_argument("--taxonomy", help="taxonomy YAML (default: the one the model was trained for)")
     p.add_argument("--threads", type=int, help="interpreter threads (default: from config, 2)")
 
@@ -167,10 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="score the model on labelled photos",
         description="Score the model on a folder whose sub-folders are item labels (item and "
         "bin accuracy) or bin ids (bin accuracy). Run it on a training run's test_split/ to "
-        "check that the bin reproduces the training report.",
+        "check that the bin reproduces the training report. With --model A --model B, score two "
+        "bundles on the same photos side by side: bin accuracy overall and per label, the photos "
+        "each puts in the right bin that the other does not, and a verdict.",
     )
     p.add_argument("--data", required=True, help="folder of <label or bin>/<photo> files")
-    add_model_options(p)
+    add_model_options(p, compare=True)
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     p.add_argument("--plots", metavar="DIR", help="write confusion matrix PNGs here (needs matplotlib)")
     p.add_argument("--limit", type=int, help="at most this many photos per folder")
@@ -270,15 +285,23 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
-def read_eval_folders(data: Path, labels: list[str], taxonomy, limit: int | None):
-    """The photos, once every sub-folder is known as a model label, a taxonomy item or a bin."""
+def read_eval_folders(data: Path, classifiers: Sequence[Classifier], limit: int | None):
+    """The photos, once every sub-folder is known (to one of the models) as a label, a taxonomy item
+    or a bin."""
     pairs = labelled_images(data)
     folders = {label for _, label in pairs}
-    unknown = sorted(folders - set(labels) - set(taxonomy.bin_ids) - set(taxonomy.items) - taxonomy.ignore)
+    known: set[str] = set()
+    for classifier in classifiers:
+        taxonomy = classifier.bundle.taxonomy
+        known |= {*classifier.labels, *taxonomy.bin_ids, *taxonomy.items, *taxonomy.ignore}
+    unknown = sorted(folders - known)
     if unknown:
+        first = classifiers[0]
         raise SmartbinError(
-            f"{data}: folders {unknown} are neither model labels nor bins of taxonomy {taxonomy.name!r}",
-            f"name sub-folders after labels ({', '.join(labels)}) or bins ({', '.join(taxonomy.bin_ids)})",
+            f"{data}: folders {unknown} are neither model labels nor bins of taxonomy "
+            f"{first.bundle.taxonomy.name!r}",
+            f"name sub-folders after labels ({', '.join(first.labels)}) or bins "
+            f"({', '.join(first.bundle.taxonomy.bin_ids)})",
         )
     if limit:
         by_label: dict[str, list] = {}
@@ -288,13 +311,15 @@ def read_eval_folders(data: Path, labels: list[str], taxonomy, limit: int | None
     return pairs
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def predict_photos(
+    classifiers: Sequence[Classifier], pairs
+) -> tuple[list[np.ndarray], list[str], list[str], list[str]]:
+    """Each model's probabilities for every readable photo (read once): probabilities per model, the
+    photos' labels and paths, and the photos skipped as unreadable."""
     from tqdm import tqdm
 
-    _, classifier = resolve(args)
-    taxonomy, labels = classifier.bundle.taxonomy, classifier.labels
-    pairs = read_eval_folders(Path(args.data), labels, taxonomy, args.limit)
-    probs, truth, skipped = [], [], []
+    probs: list[list[np.ndarray]] = [[] for _ in classifiers]
+    truth, paths, skipped = [], [], []
     for path, label in tqdm(pairs, desc="evaluating", unit="photo", disable=None, dynamic_ncols=True):
         try:
             frame = read_image(path)
@@ -302,11 +327,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
             log.warning("skipped: %s", exc.problem)
             skipped.append(str(path))
             continue
-        probs.append(classifier.predict(frame))
+        for rows, classifier in zip(probs, classifiers):
+            rows.append(classifier.predict(frame))
         truth.append(label)
-    if not probs:
-        raise SmartbinError(f"no readable photos in {args.data}", "check the folder")
-    probs_arr = np.stack(probs)
+        paths.append(str(path))
+    if not truth:
+        raise SmartbinError("no readable photos in the folder", "check the folder")
+    return [np.stack(rows) for rows in probs], truth, paths, skipped
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    models = args.model or [None]
+    if len(models) > 2:
+        raise SmartbinError(
+            f"--model is given {len(models)} times", "give one bundle to score it, or two to compare them"
+        )
+    classifiers = [load_classifier(config.model, model, args.taxonomy, args.threads) for model in models]
+    pairs = read_eval_folders(Path(args.data), classifiers, args.limit)
+    probs, truth, paths, skipped = predict_photos(classifiers, pairs)
+    if len(classifiers) == 2:
+        return compare_eval(args, classifiers, probs, truth, paths, skipped)
+    (classifier,), (probs_arr,) = classifiers, probs
+    taxonomy, labels = classifier.bundle.taxonomy, classifier.labels
     result: dict[str, Any] = {
         "model_id": classifier.bundle.model_id,
         "data": str(args.data),
@@ -341,6 +384,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 f"bin level with the most probable bin instead of the taxonomy's costs: accuracy "
                 f"{plain['accuracy']:.2%}, balanced accuracy {plain['balanced_accuracy']:.2%}"
             )
+    return 1 if skipped else 0
+
+
+def compare_eval(args, classifiers, probs, truth, paths, skipped) -> int:
+    """Two bundles on the same photos, side by side: which puts more of them in the right bin."""
+    names = tuple(Path(model).name for model in args.model)
+    right = tuple(bins_right(p, truth, c.labels, c.bundle.taxonomy) for p, c in zip(probs, classifiers))
+    result = compare_models(names, truth, right)
+    if args.json:
+        ids = [c.bundle.model_id for c in classifiers]
+        only = {key: [paths[i] for i in result[key]] for key in ("only_first", "only_second")}
+        print(
+            json.dumps(
+                {**result, **only, "model_ids": ids, "data": str(args.data), "skipped": skipped}, indent=1
+            )
+        )
+    else:
+        print(f"comparing {names[0]} (first) and {names[1]} (second) on {args.data}")
+        print(format_comparison(result, paths))
     return 1 if skipped else 0
 
 
