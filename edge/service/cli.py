@@ -190,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", metavar="DIR", help="write confusion matrix PNGs here (needs matplotlib)")
     p.add_argument("--limit", type=int, help="at most this many photos per folder")
 
+    p = sub.add_parser(
+        "review",
+        help="label the frames a bin kept, in your browser",
+        description="Serve a labelling page for a review folder (deploy/flash.sh --pull-review copies "
+        "one from a bin): each frame with the model's top guesses and its bin; a click or a key sets "
+        "its label, written into the frame's JSON at once. Keys: 1-5 pick a guess, n not an item, "
+        "j/k next and previous. The labelled folder is training data for smartbin-train --data.",
+    )
+    p.add_argument("folder", metavar="DIR", help="the review folder (<name>.jpg + <name>.json pairs)")
+    add_model_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
+
     servo_cli.add_parser(sub)
 
     p = sub.add_parser(
@@ -434,6 +448,39 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    import webbrowser
+
+    from edge.model.bundle import load_bundle
+    from edge.model.taxonomy import load_taxonomy
+    from edge.service.labelling import ReviewFolder, make_server
+
+    config = load_config(args.config)
+    taxonomy = args.taxonomy or config.model.taxonomy
+    bundle = load_bundle(
+        args.model or config.model.bundle or DEFAULT_BUNDLE, load_taxonomy(taxonomy) if taxonomy else None
+    )
+    review = ReviewFolder(Path(args.folder), bundle.taxonomy)
+    server = make_server(review, args.host, args.port)
+    items, problems = review.pairs()
+    url = f"http://{args.host}:{server.server_address[1]}/"
+    print(
+        f"{len(items)} frames in {args.folder} ({sum(1 for i in items if i['label'])} labelled), taxonomy "
+        f"{bundle.taxonomy.name}: {url}   (Ctrl-C stops)"
+    )
+    for problem in problems:
+        print(f"  not shown: {problem}")
+    if not args.no_browser:
+        webbrowser.open(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def cmd_counts(args: argparse.Namespace) -> int:
     found = read_summary(load_config(args.config).ledger)
     if args.json:
@@ -510,6 +557,7 @@ COMMANDS = {
     "classify": cmd_classify,
     "eval": cmd_eval,
     "servo": servo_cli.run,
+    "review": cmd_review,
     "counts": cmd_counts,
     "mqtt": cmd_mqtt,
     "config": cmd_config,
