@@ -43,6 +43,9 @@ Options:
                        whole pairs only, the service keeps running, and a pair already in
                        DIR (labelled since, perhaps) is never overwritten
   --delete             with --pull-review: then remove on the bin the pairs that arrived whole
+  --gate DIR           before shipping, score the model on the bin and the one being shipped on
+                       the labelled photos in DIR (smartbin eval --model A --model B); refuse
+                       to ship one that puts fewer of them in the right bin
   --build-only CPU:PYTHON:GLIBC
                        build the release for such a bin here and stop, contacting no bin
                        (e.g. aarch64:3.11:2.36, what Raspberry Pi OS 12 64-bit reports): it
@@ -99,6 +102,7 @@ target=""
 build_only=""
 pull=0
 delete=0
+gate=""
 review_dir=""
 while [ "$#" -gt 0 ]; do
     case "$1" in
@@ -110,6 +114,7 @@ while [ "$#" -gt 0 ]; do
         --rollback) rollback=1; shift ;;
         --pull-review) pull=1; shift ;;
         --delete) delete=1; shift ;;
+        --gate) gate="${2:?--gate needs a folder of labelled photos}"; shift 2 ;;
         --build-only) build_only="${2:?--build-only needs CPU:PYTHON:GLIBC, e.g. aarch64:3.11:2.36}"; shift 2 ;;
         --system-opencv) system_opencv=1; shift ;;
         -p | --port) ssh_args+=(-p "${2:?--port needs a number}"); shift 2 ;;
@@ -133,6 +138,7 @@ done
 [[ "$keep" =~ ^[1-9][0-9]*$ ]] || die "--keep $keep is not a number >= 1" "e.g. --keep 3"
 [[ "$health_s" =~ ^[0-9]+$ ]] || die "--health-timeout $health_s is not a number of seconds" "e.g. --health-timeout 20"
 [ -z "$config" ] || [ -f "$config" ] || die "config file $config does not exist" "give the path of a smartbin.yaml"
+[ -z "$gate" ] || [ -d "$gate" ] || die "--gate $gate is not a folder" "give a folder of <label>/<photo> files"
 [ "$delete" = 0 ] || [ "$pull" = 1 ] || die "--delete goes with --pull-review" "deploy/flash.sh --pull-review --delete HOST [DIR]"
 if [ "$rollback" = 0 ] && [ "$pull" = 0 ]; then
     if [ ! -f "$model/model.tflite" ] || [ ! -f "$model/model.json" ]; then
@@ -314,6 +320,34 @@ if [ "$pull" = 1 ]; then
     fi
     exit 0
 fi
+
+# gate_model: stop unless $model puts at least as many of the photos in $gate in the right bin as
+# the model the bin runs now
+gate_model() {
+    [ -n "$current" ] || die "--gate: $target runs no smartbin release to compare with" "deploy once without --gate"
+    say "comparing $(basename "$model") with the model $target runs, on the photos in $gate"
+    mkdir -p "$work/installed"
+    remote model-pack | tar -xf - -C "$work/installed" \
+        || die "cannot copy the model $target runs" "check the connection; nothing was changed"
+    local rc=0
+    "$python" -m edge eval --model "$work/installed" --model "$model" --data "$gate" --json \
+        >"$work/gate.json" || rc=$?
+    [ "$rc" -le 1 ] || die "smartbin eval could not compare the two models on $gate (see above)" \
+        "fix what it names; nothing was changed on $target"
+    local figures
+    figures=$("$python" -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+old, new = r["bin_accuracy"]
+n, gained, lost = r["n"], len(r["only_second"]), len(r["only_first"])
+print(f"{new:.1%} against {old:.1%} bin accuracy on {n} photos ({gained} right only with it, {lost} only with the running model)")
+sys.exit(0 if new >= old else 3)' "$work/gate.json") || {
+        [ $? = 3 ] || die "cannot read the comparison in $work/gate.json" "run smartbin eval by hand to see why"
+        die "$(basename "$model") would put fewer photos in the right bin than the model $target runs: $figures" \
+            "label more of the bin's photos and train again, or ship it without --gate"
+    }
+    echo "    $(basename "$model"): $figures"
+}
+[ -z "$gate" ] || gate_model
 
 confirm() {
     [ "$yes" = 1 ] || [ "$dry_run" = 1 ] && return 0

@@ -3,7 +3,7 @@
 # Not meant to be run by hand: deploy/flash.sh --help explains the steps.
 #   remote.sh probe [opencv] | has RELEASE | install RELEASE INCOMING DEVICE_ID keep|replace KEEP HEALTH_S
 #   remote.sh rollback HEALTH_S
-#   remote.sh review-pack | review-delete NAME.json...
+#   remote.sh review-pack | review-delete NAME.json... | model-pack
 set -Eeuo pipefail
 trap 'echo "flash.sh on the bin: step failed: $BASH_COMMAND" >&2; exit 2' ERR
 
@@ -307,5 +307,6 @@ case "$action" in
     rollback) rollback "$@" ;;
     review-pack) review_pack ;;
     review-delete) review_delete "$@" ;;
+    model-pack) tar -C "$home/current/model" -cf - . ;;
     *) echo "remote.sh: unknown action $action" >&2; exit 2 ;;
 esac

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from tests.broker import free_port, wait_for
-from tests.conftest import REPO, SHIPPED
+from tests.conftest import REPO, SHIPPED, make_photo_folder, needs_data
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 FLASH = REPO / "deploy" / "flash.sh"
@@ -491,3 +491,21 @@ def test_pull_review_from_a_bin_that_kept_nothing_yet_says_so(deployed_bin, tmp_
     result = flash(deployed_bin, "--pull-review", after=(str(tmp_path / "pulled"),))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "none yet" in result.stderr and "0 new pairs" in result.stdout
+
+
+@needs_data
+def test_the_gate_refuses_a_model_that_sorts_the_bins_photos_worse(deployed_bin, tiny_bundle, tmp_path):
+    """--gate scores the model the bin runs and the one being shipped on the bin's labelled photos:
+    the tiny test model (five labels, none of them for paper, metal or glass) is refused before the bin
+    changes, with the figures; the same model as the bin's passes."""
+    _, device = deployed_bin
+    photos = make_photo_folder(tmp_path / "labelled", per_class=3, classes=("paper", "metal", "green-glass"))
+    before = device.snapshot()
+    worse = flash(deployed_bin, "--yes", "--model", str(tiny_bundle), "--gate", str(photos))
+    assert worse.returncode == 2, worse.stdout + worse.stderr
+    assert "would put fewer photos in the right bin than the model" in worse.stderr
+    assert re.search(r"\d+\.\d% against \d+\.\d% bin accuracy on 9 photos", worse.stderr), worse.stderr
+    assert device.snapshot() == before
+    same = flash(deployed_bin, "--yes", "--gate", str(photos))
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "against" in same.stdout and "nothing to build" in same.stdout
