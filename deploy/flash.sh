@@ -190,7 +190,8 @@ release_id() {
     digest=$(
         cd "$repo"
         {
-            find edge -name '*.py' -print0 | sort -z | xargs -0 sha256sum
+            # the code and what ships inside the package (the labelling page, taxonomies, presets, ...)
+            find edge host_training -type f ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum
             sha256sum pyproject.toml systemd/smartbin.service config/smartbin.yaml deploy/remote.sh
             (cd "$model" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
             echo "$arch $pyver $glibc"

@@ -211,6 +211,13 @@ TRAINING_KEYS = (
 )
 
 
+def same_setting(key: str, before: Any, now: Any) -> bool:
+    """A taxonomy is the same file under another path too (config/ is a link into edge/shipped/)."""
+    if key == "taxonomy" and before and now:
+        return Path(before).resolve() == Path(now).resolve()
+    return before == now
+
+
 def check_resume(out: Path, settings: TrainSettings) -> None:
     """Refuse to resume checkpoints that were trained with other settings."""
     path = out / "settings.json"
@@ -218,7 +225,9 @@ def check_resume(out: Path, settings: TrainSettings) -> None:
     if path.exists() and (out / "checkpoints").exists():
         before = json.loads(path.read_text())
         changed = [
-            f"{k} {before.get(k)!r} -> {current[k]!r}" for k in TRAINING_KEYS if before.get(k) != current[k]
+            f"{k} {before.get(k)!r} -> {current[k]!r}"
+            for k in TRAINING_KEYS
+            if not same_setting(k, before.get(k), current[k])
         ]
         if changed:
             raise SmartbinError(

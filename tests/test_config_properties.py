@@ -174,7 +174,7 @@ def floats(f: Any) -> st.SearchStrategy:
 
 
 def key_words(f: Any) -> list[str]:
-    """The words of a key's ``expect`` text (``maestro or line``) and its default, if a string."""
+    """The words of a key's ``expect`` text (``one of: maestro, line``) and its default, if a string."""
     default = default_of(f)
     return re.findall(r"[a-z]+", f.metadata.get("expect", "")) + (
         [default] if isinstance(default, str) else []

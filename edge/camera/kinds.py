@@ -34,7 +34,7 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp:
 class CameraKind:
     name: str
     help: str  # what the config reference says about it
-    matches: Callable[[Source], bool]
+    matches: Callable[[str], bool]  # given camera.source as text: an index 0 is "0"
     open: Callable[[CaptureSettings], FrameSource]
     fix: str  # what to check when it fails
 
@@ -53,7 +53,7 @@ CAMERA_KINDS: dict[str, CameraKind] = {
         CameraKind(
             "camera",
             "camera index (0), device (/dev/video0)",
-            lambda s: isinstance(s, int) or s.isdigit() or s.startswith("/dev/"),
+            lambda s: s.isdigit() or s.startswith("/dev/"),
             _capture("camera", cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY),
             "check the cable and `ls /dev/video*`; the smartbin user must be in the video group; "
             "set camera.source to the right index or device",
@@ -61,21 +61,21 @@ CAMERA_KINDS: dict[str, CameraKind] = {
         CameraKind(
             "gstreamer",
             "GStreamer pipeline (ending in appsink)",
-            lambda s: "!" in str(s),
+            lambda s: "!" in s,
             _capture("gstreamer", cv2.CAP_GSTREAMER),
             "test the pipeline with gst-launch-1.0 (replace appsink with fakesink)",
         ),
         CameraKind(
             "stream",
             "rtsp:// URL",
-            lambda s: str(s).startswith(STREAM_SCHEMES),
+            lambda s: s.startswith(STREAM_SCHEMES),
             _capture("stream", cv2.CAP_FFMPEG),
             "check the URL, the network and the credentials (ffplay URL)",
         ),
         CameraKind(
             "folder",
             "a folder of images replayed in name order",
-            lambda s: Path(str(s)).is_dir(),
+            lambda s: Path(s).is_dir(),
             lambda cfg: FolderSource(str(cfg.source), cfg.replay_fps),
             "check camera.source: the folder must hold images",
         ),
@@ -97,7 +97,7 @@ def sources_help() -> str:
 
 
 def camera_kind(source: Source) -> CameraKind:
-    return next(kind for kind in CAMERA_KINDS.values() if kind.matches(source))
+    return next(kind for kind in CAMERA_KINDS.values() if kind.matches(str(source)))
 
 
 def source_kind(source: Source) -> str:

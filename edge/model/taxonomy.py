@@ -183,5 +183,6 @@ def load_taxonomy(path: str | Path) -> Taxonomy:
         "taxonomy file",
         missing_fix="point model.taxonomy (or --taxonomy) at a file like config/taxonomy/cn-4bin.yaml",
         damaged_fix="point model.taxonomy at the YAML file, or copy it again from config/taxonomy/",
+        unreadable_fix="point model.taxonomy at the YAML file and check its permissions",
     )
     return parse_taxonomy(data, source=str(path))

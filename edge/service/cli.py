@@ -326,7 +326,7 @@ def read_eval_folders(data: Path, classifiers: Sequence[Classifier], limit: int 
 
 
 def predict_photos(
-    classifiers: Sequence[Classifier], pairs
+    classifiers: Sequence[Classifier], pairs, data: Path
 ) -> tuple[list[np.ndarray], list[str], list[str], list[str]]:
     """Each model's probabilities for every readable photo (read once): probabilities per model, the
     photos' labels and paths, and the photos skipped as unreadable."""
@@ -346,7 +346,7 @@ def predict_photos(
         truth.append(label)
         paths.append(str(path))
     if not truth:
-        raise SmartbinError("no readable photos in the folder", "check the folder")
+        raise SmartbinError(f"no readable photos in {data}", "check the folder")
     return [np.stack(rows) for rows in probs], truth, paths, skipped
 
 
@@ -359,7 +359,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     classifiers = [load_classifier(config.model, model, args.taxonomy, args.threads) for model in models]
     pairs = read_eval_folders(Path(args.data), classifiers, args.limit)
-    probs, truth, paths, skipped = predict_photos(classifiers, pairs)
+    probs, truth, paths, skipped = predict_photos(classifiers, pairs, Path(args.data))
     if len(classifiers) == 2:
         return compare_eval(args, classifiers, probs, truth, paths, skipped)
     (classifier,), (probs_arr,) = classifiers, probs

@@ -212,22 +212,23 @@ class Daemon:
         ledger = open_ledger(config.ledger)
         try:
             classifier = load_classifier(config.model)
+            log.info(
+                "model %s (%s, %d items, taxonomy %s)",
+                classifier.bundle.model_id,
+                classifier.runtime,
+                len(classifier.labels),
+                classifier.bundle.taxonomy.name,
+            )
             telemetry = self._telemetry(config, ledger, classifier)
+            trigger = make_trigger(config.trigger)
+            camera = Camera(config.camera, self.opener, self.clock)
+            servo = self._servo(config.servo)
         except BaseException:
             ledger.close()
             raise
         self.ledger, self.classifier, self.telemetry = ledger, classifier, telemetry
-        self.trigger = make_trigger(config.trigger)
-        self.camera = Camera(config.camera, self.opener, self.clock)
-        self.servo = self._servo(config.servo)
+        self.trigger, self.camera, self.servo = trigger, camera, servo
         self.started = True
-        log.info(
-            "model %s (%s, %d items, taxonomy %s)",
-            self.classifier.bundle.model_id,
-            self.classifier.runtime,
-            len(self.classifier.labels),
-            self.classifier.bundle.taxonomy.name,
-        )
         self.telemetry.start()
         self.started_at = self.clock()
         self.camera.open()

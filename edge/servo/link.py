@@ -14,6 +14,7 @@ from edge.errors import SmartbinError
 class ServoSettings(Protocol):
     """The ``servo:`` section as a protocol's opener reads it (edge.config.ServoConfig)."""
 
+    protocol: str
     port: str
     baud: int
     reply_timeout_s: float
