@@ -12,7 +12,7 @@ from edge.model.bundle import load_bundle
 from edge.service.cli import main as smartbin
 from host_training.cli import main as train
 from host_training.data import Photo, Split, assign_splits, group_near_duplicates
-from tests.conftest import TINY_LABELS, WEIGHTS, make_photo_folder, needs_data, needs_weights
+from tests.conftest import REPO, TINY_LABELS, WEIGHTS, make_photo_folder, needs_data, needs_weights
 
 pytestmark = [needs_data, needs_weights]
 
@@ -338,3 +338,14 @@ def test_a_preset_file_that_is_not_yaml_is_named_with_a_fix(tmp_path, content, p
     with pytest.raises(SmartbinError) as err:
         load_settings(str(preset), {})
     assert f"training preset {preset} {problem}" in str(err.value) and err.value.fix
+
+
+def test_a_run_resumes_when_its_taxonomy_is_the_same_file_under_another_path():
+    """Runs started when the taxonomy lived at config/taxonomy/ resume now that config/ is a link."""
+    from edge.paths import TAXONOMIES
+    from host_training.train import same_setting
+
+    old, new = str(REPO / "config/taxonomy/cn-4bin.yaml"), str(TAXONOMIES / "cn-4bin.yaml")
+    assert old != new and same_setting("taxonomy", old, new)
+    assert not same_setting("taxonomy", old, str(REPO / "pyproject.toml"))
+    assert not same_setting("batch_size", 64, 32) and same_setting("batch_size", 64, 64)
