@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import termios
 from typing import Optional, Protocol
 
 import serial
@@ -34,8 +33,13 @@ class ActuatorFault(Exception):
         self.reason = reason
 
 
+try:
+    import termios
+except ImportError:  # Windows: a workstation that trains, or reads the config, has no termios
+    termios = None
+
 # What a serial port raises when its device goes away (pyserial lets termios errors through).
-PORT_ERRORS = (serial.SerialException, OSError, termios.error)
+PORT_ERRORS = (serial.SerialException, OSError) + ((termios.error,) if termios else ())
 
 
 class Link:
