@@ -462,7 +462,7 @@ def test_pull_review_copies_whole_pairs_never_overwrites_a_label_and_deletes_on_
     review_pair(review, "20261125-010000.000001-aaa")
     review_pair(review, "20261125-010001.000001-bbb")
     (review / "20261125-010002.000001-ccc.jpg").write_bytes(b"\xff\xd8")  # its JSON is not written yet
-    (review / "20261125-010003.000001-ddd.jpg.tmp").write_bytes(b"\xff")  # being written
+    (review / ".20261125-010003.000001-ddd.jpg.0123abcd.tmp").write_bytes(b"\xff")  # being written
     dest = tmp_path / "pulled"
     result = flash(deployed_bin, "--pull-review", after=(str(dest),))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -481,8 +481,8 @@ def test_pull_review_copies_whole_pairs_never_overwrites_a_label_and_deletes_on_
     assert json.loads(labelled.read_text())["label"] == "cup"  # labelled here since: never overwritten
     assert (dest / "20261125-010004.000001-eee.json").exists() and "1 new pairs" in result.stdout
     assert sorted(p.name for p in review.iterdir()) == [
+        ".20261125-010003.000001-ddd.jpg.0123abcd.tmp",
         "20261125-010002.000001-ccc.jpg",
-        "20261125-010003.000001-ddd.jpg.tmp",
     ]
     assert "removed 3 pairs" in result.stdout
 

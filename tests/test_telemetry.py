@@ -87,8 +87,13 @@ def test_events_state_and_counts_reach_a_subscriber(broker, tmp_path):
     sub.close()
 
     late = Subscriber(broker.port, "smartbin/bin-1/#", client_id="late")
-    wait_for(lambda: late.latest("/count/recyclable") == b"2", what="retained counts for a late subscriber")
-    retained = {t.rsplit("/", 1)[-1]: p for t, p, r in late.messages if r}
+
+    def retained() -> dict[str, bytes]:
+        return {t.rsplit("/", 1)[-1]: p for t, p, r in list(late.messages) if r}
+
+    wait_for(lambda: {"availability", "state", "recyclable"} <= retained().keys(), what="the retained topics")
+    assert retained()["recyclable"] == b"2"
+    retained = retained()
     assert retained["availability"] == b"offline" and json.loads(retained["state"])["total"] == 6
     late.close()
 

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -41,9 +42,13 @@ def review_reason(uncertain: bool, sample: float, draw: float) -> str | None:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write under a name of this write's own (two writers never share one), then rename into place."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_for_review(
