@@ -106,7 +106,16 @@ class Harness:
     def start(self) -> None:
         self.starts += 1
         self.child = subprocess.Popen(
-            [sys.executable, "-m", "tests.power_cut", str(self.config), str(self.tray_file)],
+            # faulthandler: a daemon stuck when a wait fails is sent SIGABRT and prints where it is
+            [
+                sys.executable,
+                "-X",
+                "faulthandler",
+                "-m",
+                "tests.power_cut",
+                str(self.config),
+                str(self.tray_file),
+            ],
             cwd=ROOT,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -127,7 +136,13 @@ class Harness:
         try:
             wait_for(predicate, timeout_s, what)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\n--- the daemon's log ---\n{self.daemon_log()[-8000:]}") from None
+            state = f"daemon pid {self.child.pid}, start {self.starts}, exit status {self.child.poll()}"
+            if self.child.poll() is None:
+                self.child.send_signal(signal.SIGABRT)  # its threads' stacks into the log
+                self.child.wait(10)
+            raise AssertionError(
+                f"{exc} ({state})\n--- the daemon's log ---\n{self.daemon_log()[-12000:]}"
+            ) from None
 
 
 @needs_broker
