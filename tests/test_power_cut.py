@@ -104,6 +104,10 @@ class Harness:
             self.write()
 
     def start(self) -> None:
+        with self.lock:  # see kill()
+            self._start()
+
+    def _start(self) -> None:
         self.starts += 1
         self.child = subprocess.Popen(
             # faulthandler: a daemon stuck when a wait fails is sent SIGABRT and prints where it is
@@ -122,8 +126,12 @@ class Harness:
         )
 
     def kill(self) -> None:
-        self.child.send_signal(signal.SIGKILL)
-        self.child.wait()
+        """Under the lock that moved() holds while it records a tip and, for a cut as the servo moves,
+        kills the daemon that moved it: without it, a restart could slip in between the tip the test
+        sees and that kill, which then hit the new daemon before it could say a word."""
+        with self.lock:
+            self.child.send_signal(signal.SIGKILL)
+            self.child.wait()
 
     def ready(self) -> bool:
         return self.daemon_log().count(" ready: ") >= self.starts
