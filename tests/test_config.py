@@ -35,9 +35,9 @@ def test_reference_lists_every_key_and_parses_back():
 def test_the_shipped_config_file_is_the_reference():
     """config/smartbin.yaml is what `smartbin config` prints: every key, its default and its help."""
     from edge.config import REFERENCE_HEADER
-    from edge.paths import REPO_ROOT
+    from edge.paths import REFERENCE_CONFIG
 
-    shipped = (REPO_ROOT / "config" / "smartbin.yaml").read_text(encoding="utf-8")
+    shipped = REFERENCE_CONFIG.read_text(encoding="utf-8")
     fix = "regenerate it: smartbin config > config/smartbin.yaml"
     assert shipped == REFERENCE_HEADER + describe(Config) + "\n", fix
 

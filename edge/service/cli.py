@@ -404,6 +404,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def compare_eval(args, classifiers, probs, truth, paths, skipped) -> int:
     """Two bundles on the same photos, side by side: which puts more of them in the right bin."""
     names = tuple(Path(model).name for model in args.model)
+    if names[0] == names[1]:  # two training runs both write bundle/: name them by the paths given
+        names = tuple(args.model)
     right = tuple(bins_right(p, truth, c.labels, c.bundle.taxonomy) for p, c in zip(probs, classifiers))
     result = compare_models(names, truth, right)
     if args.json:
