@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -9,6 +12,8 @@ import cv2
 import numpy as np
 
 from edge.errors import SmartbinError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -52,13 +57,86 @@ def label_folders(root: str | Path) -> list[Path]:
     return folders
 
 
+def is_review_folder(root: str | Path) -> bool:
+    """A bin's review folder: ``<name>.jpg`` photos with a ``<name>.json`` sidecar beside each."""
+    root = Path(root)
+    return root.is_dir() and any(p.with_suffix(".jpg").is_file() for p in root.glob("*.json"))
+
+
+@dataclass
+class ReviewLabels:
+    """What a labelled review folder holds: the labelled photos, and why the others are left out."""
+
+    pairs: list[tuple[Path, str]] = field(default_factory=list)
+    bins: dict[str, str] = field(default_factory=dict)  # label -> bin, as the labelling page wrote it
+    unlabelled: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def review_labels(root: str | Path) -> ReviewLabels:
+    """The labels ``smartbin review`` wrote into the sidecars (``label``, ``label_bin``).
+
+    A photo not labelled yet is counted and left out; a photo without its JSON,
+    or with one that cannot be read, is named in ``problems`` and left out.
+    """
+    root = Path(root)
+    found = ReviewLabels()
+    for image in sorted(root.glob("*.jpg")):
+        sidecar = image.with_suffix(".json")
+        try:
+            data = json.loads(sidecar.read_text(encoding="utf-8"))
+            label, bin_id = data.get("label"), data.get("label_bin")
+        except FileNotFoundError:
+            found.problems.append(f"{image.name}: no JSON beside it")
+            continue
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+            found.problems.append(f"{sidecar.name}: unreadable ({type(exc).__name__}: {exc})")
+            continue
+        if not label:
+            found.unlabelled += 1
+            continue
+        if not isinstance(label, str):
+            found.problems.append(f"{sidecar.name}: label {label!r} is not text")
+            continue
+        found.pairs.append((image, label))
+        if isinstance(bin_id, str) and bin_id:
+            found.bins[label] = bin_id
+    return found
+
+
+def folder_labels(root: str | Path) -> list[str]:
+    """The labels a data folder holds: its label sub-folders, or the labels written in a review folder."""
+    if is_review_folder(root):
+        return sorted({label for _, label in review_labels(root).pairs})
+    return [folder.name for folder in label_folders(root)]
+
+
 def labelled_images(root: str | Path, allow_empty: bool = False) -> list[tuple[Path, str]]:
-    """``(path, label)`` for every image under ``root/<label>/``.
+    """``(path, label)`` for every image under ``root/<label>/``, or every labelled photo of a review folder.
 
     Raises when ``root`` has no label folders or (unless ``allow_empty``: the
     trainer names and skips small folders itself) a label folder has no images,
-    because a silently missing class ruins a training run or an evaluation.
+    because a silently missing class ruins a training run or an evaluation. A
+    review folder's unlabelled and unreadable pairs are counted in the log and
+    left out.
     """
+    if is_review_folder(root):
+        found = review_labels(root)
+        log.info(
+            "review folder %s: %d labelled photos, %d not labelled yet (left out), %d unreadable (left out)",
+            root,
+            len(found.pairs),
+            found.unlabelled,
+            len(found.problems),
+        )
+        for problem in found.problems:
+            log.warning("review folder %s: %s: left out", root, problem)
+        if not found.pairs and not allow_empty:
+            raise SmartbinError(
+                f"review folder {root} has no labelled photo ({found.unlabelled} not labelled yet)",
+                f"label them first: smartbin review {root}",
+            )
+        return found.pairs
     pairs: list[tuple[Path, str]] = []
     for folder in label_folders(root):
         images = list_images(folder)

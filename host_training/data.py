@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from edge.errors import SmartbinError
-from edge.images import label_folders, labelled_images
+from edge.images import folder_labels, labelled_images
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ def drop_small_folders(
     A label seen a handful of times cannot be learned or tested; training on it
     would only add a class the model guesses at.
     """
-    per_folder = Counter({(i, f.name): 0 for i, root in enumerate(sources) for f in label_folders(root)})
+    per_folder = Counter({(i, label): 0 for i, root in enumerate(sources) for label in folder_labels(root)})
     per_folder.update((p.source, p.label) for p in photos)
     small = {key for key, n in per_folder.items() if n < minimum}
     named = []

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.images import is_review_folder
 from edge.model.evaluation import misrouted, plot_confusion
 from host_training.data import SPLITS, Split
 from host_training.settings import TrainSettings
@@ -179,6 +180,8 @@ def provenance(folder: Path) -> str:
     note = folder / "PROVENANCE.md"
     if note.is_file():
         return note.read_text(encoding="utf-8").strip().split("\n\n")[0].replace("\n", " ")
+    if is_review_folder(folder):
+        return "frames a bin kept for review, labelled with `smartbin review`"
     return KNOWN_PROVENANCE.get(folder.name, "not recorded (add a PROVENANCE.md to the folder)")
 
 

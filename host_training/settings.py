@@ -19,7 +19,21 @@ from edge.schema import build_dataclass, opt, read_yaml_file
 class TrainSettings:
     data: List[str] = field(
         default_factory=list,
-        metadata={"help": "photo folders, one sub-folder per item label (several allowed)"},
+        metadata={
+            "help": "photo folders, one sub-folder per item label, or review folders labelled with "
+            "`smartbin review` (several allowed)"
+        },
+    )
+    field_weight: float = opt(
+        1.0,
+        "weight of a photo from a review folder (the bin's own camera) against a photo from a label folder",
+        lambda x: x > 0,
+        "> 0",
+    )
+    base_run: Optional[str] = opt(
+        None,
+        "a previous run folder with the same image_size, tail_blocks and views: its cached features are "
+        "reused for every photo both runs share, so only new photos go through the network (teach preset)",
     )
     out: str = opt("runs/latest", "run folder: split, cache, checkpoints, report, bundle")
     weights: Optional[str] = opt(None, "ImageNet MobileNetV2 .h5 (no top); empty = look in the usual places")

@@ -9,6 +9,7 @@ continues from its last batch, and each phase restarts from its last epoch
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -17,17 +18,17 @@ import platform
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
+import yaml
 from tqdm import tqdm
 
 import edge
 from edge.errors import SmartbinError
-from edge.images import label_folders
+from edge.images import folder_labels, is_review_folder, review_labels
 from edge.model.bundle import bundle_meta, load_bundle, write_bundle
 from edge.model.classifier import Classifier
 from edge.model.evaluation import score_predictions
@@ -40,6 +41,7 @@ from host_training.features import (
     load_prepared,
     prepared_batches,
     view_offsets,
+    weights_digest,
 )
 from host_training.quantize import convert, parity, parity_gate_failures, predict_int8
 from host_training.settings import TrainSettings
@@ -178,6 +180,12 @@ def epoch_repeats(views: np.ndarray, base_views: int) -> np.ndarray:
     return -(-views // base_views)
 
 
+def photo_weights(split: Split, field_weight: float) -> np.ndarray:
+    """Per photo: ``field_weight`` for a photo from a review folder (the bin's own camera), else 1."""
+    field = [is_review_folder(source) for source in split.sources]
+    return np.array([field_weight if field[p.source] else 1.0 for p in split.photos], dtype=np.float32)
+
+
 def label_weights(y: np.ndarray, n_labels: int, enabled: bool) -> np.ndarray:
     """Per label: the balanced class weight over the samples ``y`` an epoch shows (ones when off).
 
@@ -206,6 +214,7 @@ TRAINING_KEYS = (
     "small_label_views",
     "min_label_photos",
     "class_weighting",
+    "field_weight",
     "seed",
     "taxonomy",
 )
@@ -221,7 +230,7 @@ def same_setting(key: str, before: Any, now: Any) -> bool:
 def check_resume(out: Path, settings: TrainSettings) -> None:
     """Refuse to resume checkpoints that were trained with other settings."""
     path = out / "settings.json"
-    current = asdict(settings)
+    current = dataclasses.asdict(settings)
     if path.exists() and (out / "checkpoints").exists():
         before = json.loads(path.read_text())
         changed = [
@@ -245,9 +254,11 @@ class CachedBatches(keras.utils.PyDataset):
     several augmented copies).
     """
 
-    def __init__(self, acts, offsets, views, repeats, rows, y, n_labels, settings: TrainSettings) -> None:
+    def __init__(
+        self, acts, offsets, views, repeats, rows, y, weights, n_labels, settings: TrainSettings
+    ) -> None:
         super().__init__()
-        self.acts, self.offsets, self.views, self.y = acts, offsets, views, y
+        self.acts, self.offsets, self.views, self.y, self.weights = acts, offsets, views, y, weights
         self.photos = np.repeat(rows, repeats[rows])
         self.w = label_weights(y[self.photos], n_labels, settings.class_weighting)
         self.batch_size, self.rng = settings.batch_size, np.random.default_rng(settings.seed)
@@ -266,7 +277,7 @@ class CachedBatches(keras.utils.PyDataset):
         photos, rows = self.order[sl], self.rows[sl]
         sort = np.argsort(rows)  # memory-mapped rows read faster in order
         photos, rows = photos[sort], rows[sort]
-        return self.acts[rows], self.y[photos], self.w[self.y[photos]]
+        return self.acts[rows], self.y[photos], self.w[self.y[photos]] * self.weights[photos]
 
 
 def train_cached(model, split: Split, labels: list[str], settings: TrainSettings, out: Path):
@@ -285,14 +296,32 @@ def train_cached(model, split: Split, labels: list[str], settings: TrainSettings
         [p.sha256 for p in split.photos],
     )
     files = [split.file(p) for p in split.photos]
+    shas = [p.sha256 for p in split.photos]
+    front_key = cache_key(
+        settings.image_size,
+        cut_layer_name(model, settings.tail_blocks),
+        spec.to_dict(),
+        weights_digest(front),
+    )
+    reuse = sorted(Path(settings.base_run, "cache").glob("*")) if settings.base_run else []
     timing: dict[str, float] = {}
     with stage(out, timing, "feature_cache_s"):
         acts = cached_activations(
-            front, files, spec, out / "cache" / key, views, settings.batch_size, augmentation(settings.seed)
+            front,
+            files,
+            spec,
+            out / "cache" / key,
+            views,
+            settings.batch_size,
+            augmentation(settings.seed),
+            shas,
+            front_key,
+            reuse,
         )
     timing["feature_cache_photos"] = int(offsets[-1])
 
     y, rows = targets(split, labels)
+    weights = photo_weights(split, settings.field_weight)
     first_view = offsets[:-1]
 
     pool = model.get_layer("pool").output
@@ -311,10 +340,12 @@ def train_cached(model, split: Split, labels: list[str], settings: TrainSettings
                 pooled = keras.Model(cut, pool).predict(acts, batch_size=256, verbose=0)
             pairs = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in train])
             y_train = np.repeat(y[train], views[train])
+            w_train = np.repeat(weights[train], views[train])
             fit = {
                 "x": pooled[pairs],
                 "y": y_train,
-                "sample_weight": label_weights(y_train, len(labels), settings.class_weighting)[y_train],
+                "sample_weight": w_train
+                * label_weights(y_train, len(labels), settings.class_weighting)[y_train],
                 "validation_data": (pooled[first_view[rows["val"]]], y[rows["val"]]),
             }
         run_phase(
@@ -335,7 +366,7 @@ def train_cached(model, split: Split, labels: list[str], settings: TrainSettings
             set_trainable(model, settings.tail_blocks)
             compile_for(tail, settings.finetune_lr, settings.label_smoothing)
             repeats = epoch_repeats(views, settings.views)
-            batches = CachedBatches(acts, offsets, views, repeats, train, y, len(labels), settings)
+            batches = CachedBatches(acts, offsets, views, repeats, train, y, weights, len(labels), settings)
             run_phase(
                 model,
                 out,
@@ -390,6 +421,7 @@ def train_full(model, split: Split, labels: list[str], settings: TrainSettings, 
     # pixels["train"] holds rows["train"] in order; repeat its rows as ``train`` repeats the photos
     train_pixels = pixels["train"][np.repeat(np.arange(len(rows["train"])), repeats[rows["train"]])]
     w = label_weights(y[train], len(labels), settings.class_weighting)[y[train]]
+    w = w * photo_weights(split, settings.field_weight)[train]
     augment = augmentation(settings.seed)
     train_ds = (
         tf.data.Dataset.from_tensor_slices((train_pixels, y[train], w))
@@ -477,10 +509,26 @@ def evaluate(
     return result
 
 
-def check_labels(folders: list[str], taxonomy: Taxonomy, taxonomy_file: str) -> None:
-    """Refuse label folders the taxonomy does not map, before an hour of hashing and training."""
+def check_labels(folders: list[str], taxonomy: Taxonomy, taxonomy_file: str) -> Taxonomy:
+    """The taxonomy to train for: ``taxonomy`` and the new items labelled in review folders with their bin.
+
+    Labels the taxonomy does not map and no labelling page gave a bin are
+    refused, before an hour of hashing and training.
+    """
+    taught: dict[str, str] = {}
     for folder in folders:
-        unknown = taxonomy.uncovered(p.name for p in label_folders(folder))
+        if is_review_folder(folder):
+            for label, bin_id in review_labels(folder).bins.items():
+                if taxonomy.uncovered([label]) and label not in taught:
+                    if bin_id not in taxonomy.bins:
+                        raise SmartbinError(
+                            f"review folder {folder}: new item {label!r} is labelled for bin {bin_id!r}, "
+                            f"which taxonomy {taxonomy_file} does not have",
+                            f"label it again with one of: {', '.join(taxonomy.bin_ids)} (smartbin review "
+                            f"{folder})",
+                        )
+                    taught[label] = bin_id
+        unknown = [label for label in taxonomy.uncovered(folder_labels(folder)) if label not in taught]
         if unknown:
             raise SmartbinError(
                 f"label folders {unknown} in {folder} are not in taxonomy {taxonomy_file}",
@@ -488,6 +536,21 @@ def check_labels(folders: list[str], taxonomy: Taxonomy, taxonomy_file: str) -> 
                 f"{', '.join(taxonomy.bin_ids)}), e.g. '{unknown[0]}: {taxonomy.default_bin}', "
                 "or list it under 'ignore:'",
             )
+    if not taught:
+        return taxonomy
+    log.info("new items from review folders: %s", ", ".join(f"{k} ({v})" for k, v in sorted(taught.items())))
+    return dataclasses.replace(
+        taxonomy,
+        items={**taxonomy.items, **taught},
+        description=f"{taxonomy.description}; taught from review folders: {', '.join(sorted(taught))}",
+    )
+
+
+def write_taxonomy(taxonomy: Taxonomy, path: Path) -> None:
+    """The taxonomy a model was trained for, as a file ``model.taxonomy`` can point at."""
+    text = yaml.safe_dump(taxonomy.to_dict(), allow_unicode=True, sort_keys=False)
+    header = "# The taxonomy this model was trained for, written by smartbin-train.\n"
+    path.write_text(header + text, encoding="utf-8")
 
 
 def tool_versions() -> dict[str, str]:
@@ -517,8 +580,12 @@ def run(settings: TrainSettings) -> Path:
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     check_resume(out, settings)
-    taxonomy = load_taxonomy(settings.taxonomy)
-    check_labels(settings.data, taxonomy, settings.taxonomy)
+    taxonomy = check_labels(settings.data, load_taxonomy(settings.taxonomy), settings.taxonomy)
+    if settings.base_run and not Path(settings.base_run, "cache").is_dir():
+        raise SmartbinError(
+            f"base run {settings.base_run} has no cached features (no cache/ folder)",
+            "give the run folder of an earlier cached-mode run (its --out), or leave --base-run out",
+        )
     weights = resolve_weights(settings.weights)
     timing: dict[str, float] = {}
     with stage(out, timing, "split_s"):
@@ -592,6 +659,7 @@ def run(settings: TrainSettings) -> Path:
     if bundle_dir.exists():
         shutil.rmtree(bundle_dir)
     write_bundle(bundle_dir, tflite, meta)
+    write_taxonomy(taxonomy, bundle_dir / "taxonomy.yaml")
     report.attach(out, bundle_dir, split)
     shutil.rmtree(candidate)
     if settings.float16:
