@@ -17,7 +17,7 @@ from edge.service.cli import main as smartbin
 from host_training.data import Split
 from host_training.train import photo_weights
 from tests.conftest import GARBAGE26CN, REPO, needs_data, needs_weights
-from tests.test_training import tiny, tiny_error
+from tests.test_training import bare_tray_photos, tiny, tiny_error
 
 TAXONOMY = REPO / "config" / "taxonomy" / "cn-4bin.yaml"
 
@@ -40,13 +40,18 @@ def cn_photos(label: str, n: int) -> list[Path]:
 
 @pytest.fixture()
 def field(tmp_path) -> Path:
-    """14 labelled photos of a new item, 3 not labelled yet, a JPEG without its JSON, a damaged JSON."""
+    """14 labelled photos of a new item, 10 of the bare tray labelled "not an item", 3 not labelled yet,
+    a JPEG without its JSON, a damaged JSON."""
     if not GARBAGE26CN.is_dir():
         pytest.skip(f"real photos absent: {GARBAGE26CN}")
     folder = review_folder(tmp_path / "bin-07-review", cn_photos("lighter", 14), "takeaway-cup", "other")
     unlabelled = review_folder(tmp_path / "more", cn_photos("toothbrush", 3), None)
     for pair in unlabelled.iterdir():
         pair.rename(folder / f"z{pair.name}")
+    bare_tray_photos(tmp_path / "tray", 10)
+    empty = review_folder(tmp_path / "bare", sorted((tmp_path / "tray").iterdir()), "empty", None)
+    for pair in empty.iterdir():
+        pair.rename(folder / f"y{pair.name}")
     shutil.copyfile(cn_photos("toothbrush", 4)[3], folder / "zz-no-json.jpg")
     shutil.copyfile(cn_photos("toothbrush", 5)[4], folder / "zz-damaged.jpg")
     (folder / "zz-damaged.json").write_text('{"label": "pap')
@@ -55,14 +60,14 @@ def field(tmp_path) -> Path:
 
 def test_a_review_folder_reads_as_labelled_photos(field, caplog):
     found = review_labels(field)
-    assert len(found.pairs) == 14 and found.unlabelled == 3 and len(found.problems) == 2
+    assert len(found.pairs) == 24 and found.unlabelled == 3 and len(found.problems) == 2
     assert found.bins == {"takeaway-cup": "other"}
     assert any("zz-no-json.jpg: no JSON" in p for p in found.problems)
     assert any("zz-damaged.json: unreadable" in p for p in found.problems)
     with caplog.at_level(logging.INFO):
         pairs = labelled_images(field)
-    assert {label for _, label in pairs} == {"takeaway-cup"} and len(pairs) == 14
-    assert "14 labelled photos, 3 not labelled yet (left out), 2 unreadable (left out)" in caplog.text
+    assert {label for _, label in pairs} == {"takeaway-cup", "empty"} and len(pairs) == 24
+    assert "24 labelled photos, 3 not labelled yet (left out), 2 unreadable (left out)" in caplog.text
 
 
 def test_a_review_folder_with_nothing_labelled_says_to_label_it(tmp_path):
@@ -85,14 +90,15 @@ def test_a_new_item_labelled_on_the_page_is_trained_and_reaches_the_taxonomy(
     assert code == 0
     bundle = load_bundle(out / "bundle")
     assert "takeaway-cup" in bundle.labels and bundle.taxonomy.bin_of("takeaway-cup") == "other"
+    assert "empty" in bundle.labels and bundle.taxonomy.bin_of("empty") is None  # "not an item"
     written = load_taxonomy(out / "bundle" / "taxonomy.yaml")
     assert written.items == {**load_taxonomy(TAXONOMY).items, "takeaway-cup": "other"}
     assert written.costs == load_taxonomy(TAXONOMY).costs
     split = Split.load(out / "split.json")
     assert sum(split.counts()[s].get("takeaway-cup", 0) for s in ("train", "val", "test")) == 12  # limit 12
     weights = photo_weights(split, 3.0)
-    assert {float(w) for p, w in zip(split.photos, weights) if p.label == "takeaway-cup"} == {3.0}
-    assert {float(w) for p, w in zip(split.photos, weights) if p.label != "takeaway-cup"} == {1.0}
+    assert {float(w) for p, w in zip(split.photos, weights) if p.source == 1} == {3.0}  # the bin's photos
+    assert {float(w) for p, w in zip(split.photos, weights) if p.source == 0} == {1.0}
     # the tiny run cached every photo of tiny_data: only the review folder's photos go through the network
     shared = sum(1 for p in split.photos if p.source == 0)
     assert f"{shared} of {len(split.photos)} photos' features taken from earlier runs" in caplog.text

@@ -153,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", help="folder for the ledger and review frames (default: a new temporary one)")
     p.add_argument("--fps", type=float, default=10.0, help="simulated camera frame rate (0 = flat out)")
     p.add_argument("--dwell", type=float, default=0.3, help="seconds the tray stays tipped (default 0.3)")
+    p.add_argument(
+        "--review-sample",
+        type=float,
+        default=0.02,
+        help="share of the items sorted with confidence whose frames are kept in <state>/review, as "
+        "sorting.review_sample does on a bin (default 0.02; 1 keeps every frame, to teach a new item)",
+    )
 
     p = sub.add_parser(
         "sort",

@@ -45,6 +45,7 @@ def demo_config(args: Any, state: Path, port: str) -> Config:
     config.servo.dwell_s = args.dwell
     config.ledger.path = str(state / "ledger.db")
     config.sorting.review_folder = str(state / "review")
+    config.sorting.review_sample = args.review_sample
     config.camera.replay_fps = args.fps
     config.sorting.ready_timeout_s = 5.0
     config.mqtt.host, _, port_text = args.broker.partition(":")
