@@ -44,7 +44,8 @@ Options:
                        DIR (labelled since, perhaps) is never overwritten
   --delete             with --pull-review: then remove on the bin the pairs that arrived whole
   --gate DIR           before shipping, score the model on the bin and the one being shipped on
-                       the labelled photos in DIR (smartbin eval --model A --model B); refuse
+                       the labelled photos in DIR (label folders, or a labelled review folder;
+                       smartbin eval --model A --model B); refuse
                        to ship one that puts fewer of them in the right bin
   --build-only CPU:PYTHON:GLIBC
                        build the release for such a bin here and stop, contacting no bin
@@ -138,7 +139,7 @@ done
 [[ "$keep" =~ ^[1-9][0-9]*$ ]] || die "--keep $keep is not a number >= 1" "e.g. --keep 3"
 [[ "$health_s" =~ ^[0-9]+$ ]] || die "--health-timeout $health_s is not a number of seconds" "e.g. --health-timeout 20"
 [ -z "$config" ] || [ -f "$config" ] || die "config file $config does not exist" "give the path of a smartbin.yaml"
-[ -z "$gate" ] || [ -d "$gate" ] || die "--gate $gate is not a folder" "give a folder of <label>/<photo> files"
+[ -z "$gate" ] || [ -d "$gate" ] || die "--gate $gate is not a folder" "give a folder of <label>/<photo> files, or a review folder labelled with smartbin review"
 [ "$delete" = 0 ] || [ "$pull" = 1 ] || die "--delete goes with --pull-review" "deploy/flash.sh --pull-review --delete HOST [DIR]"
 if [ "$rollback" = 0 ] && [ "$pull" = 0 ]; then
     if [ ! -f "$model/model.tflite" ] || [ ! -f "$model/model.json" ]; then

@@ -540,8 +540,7 @@ def check_labels(folders: list[str], taxonomy: Taxonomy, taxonomy_file: str) -> 
         return taxonomy
     log.info("new items from review folders: %s", ", ".join(f"{k} ({v})" for k, v in sorted(taught.items())))
     return dataclasses.replace(
-        taxonomy,
-        items={**taxonomy.items, **taught},
+        taxonomy.with_items(taught),
         description=f"{taxonomy.description}; taught from review folders: {', '.join(sorted(taught))}",
     )
 

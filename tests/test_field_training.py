@@ -44,7 +44,7 @@ def field(tmp_path) -> Path:
     a JPEG without its JSON, a damaged JSON."""
     if not GARBAGE26CN.is_dir():
         pytest.skip(f"real photos absent: {GARBAGE26CN}")
-    folder = review_folder(tmp_path / "bin-07-review", cn_photos("lighter", 14), "takeaway-cup", "other")
+    folder = review_folder(tmp_path / "bin-07-review", cn_photos("lighter", 14), "takeaway-cup", "recyclable")
     unlabelled = review_folder(tmp_path / "more", cn_photos("toothbrush", 3), None)
     for pair in unlabelled.iterdir():
         pair.rename(folder / f"z{pair.name}")
@@ -61,7 +61,7 @@ def field(tmp_path) -> Path:
 def test_a_review_folder_reads_as_labelled_photos(field, caplog):
     found = review_labels(field)
     assert len(found.pairs) == 24 and found.unlabelled == 3 and len(found.problems) == 2
-    assert found.bins == {"takeaway-cup": "other"}
+    assert found.bins == {"takeaway-cup": "recyclable"}
     assert any("zz-no-json.jpg: no JSON" in p for p in found.problems)
     assert any("zz-damaged.json: unreadable" in p for p in found.problems)
     with caplog.at_level(logging.INFO):
@@ -89,10 +89,10 @@ def test_a_new_item_labelled_on_the_page_is_trained_and_reaches_the_taxonomy(
         code = tiny([tiny_data, field], "--out", out, "--base-run", tiny_run, "--field-weight", 3)
     assert code == 0
     bundle = load_bundle(out / "bundle")
-    assert "takeaway-cup" in bundle.labels and bundle.taxonomy.bin_of("takeaway-cup") == "other"
+    assert "takeaway-cup" in bundle.labels and bundle.taxonomy.bin_of("takeaway-cup") == "recyclable"
     assert "empty" in bundle.labels and bundle.taxonomy.bin_of("empty") is None  # "not an item"
     written = load_taxonomy(out / "bundle" / "taxonomy.yaml")
-    assert written.items == {**load_taxonomy(TAXONOMY).items, "takeaway-cup": "other"}
+    assert written.items == {**load_taxonomy(TAXONOMY).items, "takeaway-cup": "recyclable"}
     assert written.costs == load_taxonomy(TAXONOMY).costs
     split = Split.load(out / "split.json")
     assert sum(split.counts()[s].get("takeaway-cup", 0) for s in ("train", "val", "test")) == 12  # limit 12
@@ -138,3 +138,19 @@ def test_field_label_errors_are_refused_before_any_work(tiny_data, tmp_path, cap
     error = tiny_error(capsys, tiny_data, "--out", tmp_path / "c", "--base-run", tmp_path)
     assert "has no cached features" in error
     assert not (tmp_path / "a" / "split.json").exists()
+
+
+@needs_data
+@needs_weights
+def test_a_model_that_lacks_a_new_item_is_scored_against_the_bin_it_was_labelled_for(
+    field, tiny_run, capsys
+):
+    """The tiny model never saw a take-away cup; its photos still count as recyclable, not as the
+    taxonomy's default bin, in a plain eval and in a comparison."""
+    assert smartbin(["eval", "--model", str(tiny_run / "bundle"), "--data", str(field), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)["bin"]
+    truth = dict(zip(scores["labels"], np.array(scores["confusion"]).sum(axis=1).tolist()))
+    assert truth["recyclable"] == 14 and truth["other"] == 0  # the 10 bare-tray frames have no bin
+    bundle = str(tiny_run / "bundle")
+    assert smartbin(["eval", "--model", bundle, "--model", bundle, "--data", str(field), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 14

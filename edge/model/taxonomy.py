@@ -6,6 +6,7 @@ model's item labels to bin ids. See ``config/taxonomy/cn-4bin.yaml``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -55,6 +56,15 @@ class Taxonomy:
     def uncovered(self, labels: Iterable[str]) -> list[str]:
         """Labels this taxonomy neither maps nor ignores."""
         return [lab for lab in labels if lab not in self.items and lab not in self.ignore]
+
+    def with_items(self, items: Mapping[str, str]) -> Taxonomy:
+        """This taxonomy and those of ``items`` it does not cover, mapped to a bin it has.
+
+        A new item labelled on the labelling page carries its bin; the rules for an
+        item this taxonomy already maps (or ignores) stay as they are.
+        """
+        new = {k: v for k, v in items.items() if self.uncovered([k]) and v in self.bins}
+        return dataclasses.replace(self, items={**self.items, **new}) if new else self
 
     def to_dict(self) -> dict[str, Any]:
         return {

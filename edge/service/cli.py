@@ -16,7 +16,7 @@ import yaml
 
 from edge.config import REFERENCE_HEADER, Config, add_config_option, load_config, set_keys
 from edge.errors import SmartbinError
-from edge.images import expand_paths, labelled_images, read_image
+from edge.images import expand_paths, is_review_folder, labelled_images, read_image, review_labels
 from edge.ledger import read_summary
 from edge.model.classifier import Classifier, load_classifier
 from edge.model.decision import decide
@@ -28,6 +28,7 @@ from edge.model.evaluation import (
     plot_confusion,
     score_predictions,
 )
+from edge.model.taxonomy import Taxonomy
 from edge.paths import DEFAULT_BUNDLE, pid_file
 from edge.schema import describe, key_type
 from edge.service import check, demo
@@ -306,14 +307,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
-def read_eval_folders(data: Path, classifiers: Sequence[Classifier], limit: int | None):
-    """The photos, once every sub-folder is known (to one of the models) as a label, a taxonomy item
-    or a bin."""
+def read_eval_folders(
+    data: Path, classifiers: Sequence[Classifier], taxonomies: Sequence[Taxonomy], limit: int | None
+):
+    """The photos, once every sub-folder (or review label) is known (to one of the models) as a label,
+    a taxonomy item or a bin."""
     pairs = labelled_images(data)
     folders = {label for _, label in pairs}
     known: set[str] = set()
-    for classifier in classifiers:
-        taxonomy = classifier.bundle.taxonomy
+    for classifier, taxonomy in zip(classifiers, taxonomies):
         known |= {*classifier.labels, *taxonomy.bin_ids, *taxonomy.items, *taxonomy.ignore}
     unknown = sorted(folders - known)
     if unknown:
@@ -365,12 +367,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"--model is given {len(models)} times", "give one bundle to score it, or two to compare them"
         )
     classifiers = [load_classifier(config.model, model, args.taxonomy, args.threads) for model in models]
-    pairs = read_eval_folders(Path(args.data), classifiers, args.limit)
+    # A new item labelled on the page is scored against the bin the technician gave it, for both models.
+    taught = review_labels(args.data).bins if is_review_folder(args.data) else {}
+    taxonomies = [c.bundle.taxonomy.with_items(taught) for c in classifiers]
+    pairs = read_eval_folders(Path(args.data), classifiers, taxonomies, args.limit)
     probs, truth, paths, skipped = predict_photos(classifiers, pairs, Path(args.data))
     if len(classifiers) == 2:
-        return compare_eval(args, classifiers, probs, truth, paths, skipped)
-    (classifier,), (probs_arr,) = classifiers, probs
-    taxonomy, labels = classifier.bundle.taxonomy, classifier.labels
+        return compare_eval(args, classifiers, taxonomies, probs, truth, paths, skipped)
+    (classifier,), (probs_arr,), (taxonomy,) = classifiers, probs, taxonomies
+    labels = classifier.labels
     result: dict[str, Any] = {
         "model_id": classifier.bundle.model_id,
         "data": str(args.data),
@@ -408,12 +413,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
-def compare_eval(args, classifiers, probs, truth, paths, skipped) -> int:
+def compare_eval(args, classifiers, taxonomies, probs, truth, paths, skipped) -> int:
     """Two bundles on the same photos, side by side: which puts more of them in the right bin."""
     names = tuple(Path(model).name for model in args.model)
     if names[0] == names[1]:  # two training runs both write bundle/: name them by the paths given
         names = tuple(args.model)
-    right = tuple(bins_right(p, truth, c.labels, c.bundle.taxonomy) for p, c in zip(probs, classifiers))
+    right = tuple(bins_right(p, truth, c.labels, t) for p, c, t in zip(probs, classifiers, taxonomies))
     result = compare_models(names, truth, right)
     if args.json:
         ids = [c.bundle.model_id for c in classifiers]
