@@ -22,6 +22,14 @@ examples:
   # your own photos added to a public set, on a GPU workstation with augmentation
   smartbin-train --preset workstation --data ../shared/datasets/garbage12 --data my-bin-photos
 
+  # a bin's frames, labelled with `smartbin review`, as training data weighted up
+  smartbin-train --data my-photos --data bin-07-review --field-weight 2 --out runs/bin-07
+
+  # teach a new item in minutes: the last layer only, reusing runs/base's cached features
+  smartbin-train --preset teach --data my-photos --out runs/base          # once
+  smartbin-train --preset teach --data my-photos --data bin-07-review --base-run runs/base \
+      --out runs/teach-1
+
   # a two-minute smoke test of the whole pipeline
   smartbin-train --preset tiny --data ../shared/datasets/garbage12 --out runs/tiny
 
@@ -37,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smartbin-train",
         description="Fine-tune ImageNet MobileNetV2 on labelled photos (one sub-folder per item "
-        "label), evaluate it at item and bin level, quantise it to a full-integer TFLite model "
+        "label, or a review folder labelled with `smartbin review`), evaluate it at item and bin "
+        "level, quantise it to a full-integer TFLite model "
         "and write a model bundle for the bin.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

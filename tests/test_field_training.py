@@ -142,9 +142,7 @@ def test_field_label_errors_are_refused_before_any_work(tiny_data, tmp_path, cap
 
 @needs_data
 @needs_weights
-def test_a_model_that_lacks_a_new_item_is_scored_against_the_bin_it_was_labelled_for(
-    field, tiny_run, capsys
-):
+def test_a_model_that_lacks_a_new_item_is_scored_against_the_bin_it_was_labelled_for(field, tiny_run, capsys):
     """The tiny model never saw a take-away cup; its photos still count as recyclable, not as the
     taxonomy's default bin, in a plain eval and in a comparison."""
     assert smartbin(["eval", "--model", str(tiny_run / "bundle"), "--data", str(field), "--json"]) == 0
