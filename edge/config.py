@@ -454,6 +454,37 @@ class SortingConfig:
 
 
 @dataclass
+class FillConfig:
+    capacity: Dict[str, int] = field(
+        default_factory=lambda: {"recyclable": 200, "kitchen": 100, "hazardous": 50, "other": 200},
+        metadata={
+            "help": "items each bin holds when full; the fill since it was last emptied is counted against "
+            "it (a bin not listed is not tracked)"
+        },
+    )
+    nearly_full: float = opt(
+        0.8,
+        "share of the capacity at which a bin is reported nearly full (fill_event, Home Assistant)",
+        lambda x: 0 < x < 1,
+        "more than 0, less than 1",
+    )
+    park_when_full: bool = opt(
+        True,
+        "a full bin receives nothing more: an item for it is left on the tray, not counted, and the "
+        "state names the bin until it is emptied (MQTT emptied, smartbin emptied)",
+    )
+
+    def __post_init__(self) -> None:
+        for bin_id, items in self.capacity.items():
+            if isinstance(items, bool) or not isinstance(items, int) or not 0 < items <= 1_000_000:
+                raise SmartbinError(
+                    f"fill.capacity.{bin_id} = {shown(items)} is not a number of items from 1 to 1000000",
+                    f"write how many items the {bin_id} bin holds when full, e.g. 'fill.capacity.{bin_id}: "
+                    "200', or leave the bin out to not track it",
+                )
+
+
+@dataclass
 class Config:
     device_id: str = opt(
         "smartbin-dev",
@@ -470,6 +501,7 @@ class Config:
         default_factory=TriggerConfig, metadata={"help": "when an item is there to classify"}
     )
     sorting: SortingConfig = field(default_factory=SortingConfig, metadata={"help": "the sorting loop"})
+    fill: FillConfig = field(default_factory=FillConfig, metadata={"help": "how full each bin is"})
 
 
 def parse_config(data: Any, source: str = "config") -> Config:

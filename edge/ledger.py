@@ -27,10 +27,11 @@ import sqlite3
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping, Sequence
 
 from edge.config import LedgerConfig
 from edge.errors import SmartbinError
+from edge.fill import crossing
 from edge.paths import ledger_file
 
 
@@ -78,8 +79,19 @@ def _schema_4(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE moves (id TEXT PRIMARY KEY, time REAL NOT NULL, item TEXT NOT NULL)")
 
 
+def _schema_5(db: sqlite3.Connection) -> None:
+    """Fill per bin: items counted into it since it was last emptied, and when that was."""
+    db.execute("CREATE TABLE fill (bin TEXT PRIMARY KEY, items INTEGER NOT NULL, emptied_at REAL)")
+
+
 # MIGRATIONS[n] takes a database at version n to n + 1. Append; never edit a released step.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_1, _schema_2, _schema_3, _schema_4]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _schema_1,
+    _schema_2,
+    _schema_3,
+    _schema_4,
+    _schema_5,
+]
 
 
 @dataclass(frozen=True)
@@ -205,10 +217,20 @@ class Ledger:
             if parked:
                 self._bump("parked_items")
 
-    def record(self, item: SortedItem) -> int:
-        """Count one sorted item, end its move and queue its messages, atomically; returns the bin's new
-        count."""
+    def record(self, item: SortedItem, capacity: int | None = None, nearly_full: float = 0.8) -> int:
+        """Count one sorted item, end its move, add it to its bin's fill and queue its messages,
+        atomically; returns the bin's new count. With the bin's ``capacity``, the fill crossing into
+        ``nearly_full`` or ``full`` queues a fill event too."""
         with self._lock, self._transaction():
+            before = self._fill_items(item.bin)
+            self.db.execute(
+                "INSERT INTO fill (bin, items) VALUES (?, 1) "
+                "ON CONFLICT(bin) DO UPDATE SET items = items + 1",
+                (item.bin,),
+            )
+            entered = crossing(before, before + 1, capacity, nearly_full) if capacity else None
+            if entered:
+                self._put_fill_event(item.bin, entered, item.time, before + 1, capacity, None)
             self.db.execute("DELETE FROM moves WHERE id = ?", (item.id,))
             self.db.execute(
                 "INSERT INTO counts (bin, count) VALUES (?, 1) "
@@ -256,6 +278,44 @@ class Ledger:
             "(SELECT rowid FROM events ORDER BY time DESC LIMIT -1 OFFSET ?)",
             (self.keep_events,),
         )
+
+    def _fill_items(self, bin_id: str) -> int:
+        row = self.db.execute("SELECT items FROM fill WHERE bin = ?", (bin_id,)).fetchone()
+        return row[0] if row else 0
+
+    def _put_fill_event(
+        self, bin_id: str, event: str, when: float, items: int, capacity: int | None, by: str | None
+    ) -> None:
+        payload = {"bin": bin_id, "event": event, "time": when, "items": items}
+        payload |= {"capacity": capacity, "by": by}
+        self.db.execute(
+            "INSERT INTO outbox (kind, key, payload) VALUES ('fill_event', ?, ?)",
+            (bin_id, json.dumps(payload, separators=(",", ":"))),
+        )
+
+    def fill(self) -> dict[str, tuple[int, float | None]]:
+        """Per bin: items since it was last emptied, and when that was (None: never)."""
+        with self._lock:
+            rows = self.db.execute("SELECT bin, items, emptied_at FROM fill ORDER BY bin").fetchall()
+        return {bin_id: (items, at) for bin_id, items, at in rows}
+
+    def emptied(
+        self, bins: Sequence[str], by: str, when: float, capacity: Mapping[str, int] | None = None
+    ) -> dict[str, int]:
+        """The bins were emptied: their fill restarts from 0, and an ``emptied`` fill event says who or
+        what emptied each, when, and how many items it held. Returns those items per bin."""
+        held = {}
+        with self._lock, self._transaction():
+            for bin_id in bins:
+                held[bin_id] = self._fill_items(bin_id)
+                self.db.execute(
+                    "INSERT INTO fill (bin, items, emptied_at) VALUES (?, 0, ?) "
+                    "ON CONFLICT(bin) DO UPDATE SET items = 0, emptied_at = excluded.emptied_at",
+                    (bin_id, when),
+                )
+                cap = (capacity or {}).get(bin_id)
+                self._put_fill_event(bin_id, "emptied", when, held[bin_id], cap, by)
+        return held
 
     def reset_counts(self) -> None:
         with self._lock, self._transaction():

@@ -33,6 +33,7 @@ def daemon_table(sort_refusal: str | None = None) -> tuple[CommandTable, SimpleN
     daemon = SimpleNamespace(ledger=FakeLedger(), sorts=[], notified=[])
     daemon.request_sort = lambda source: daemon.sorts.append(source) or sort_refusal
     daemon.telemetry = SimpleNamespace(notify=lambda: daemon.notified.append(1))
+    daemon.empty_bins = lambda requested, by: {requested: 7}
     table = CommandTable()
     register_commands(table, daemon, "bin-1")
     return table, daemon
@@ -48,8 +49,14 @@ def test_valid_commands():
     assert cmd.args == {"confirm": "reset_counts"}
 
 
-def test_the_daemon_registers_sort_reset_counts_and_ping_in_that_order():
-    assert TABLE.names == ("sort", "reset_counts", "ping")
+def test_the_daemon_registers_its_commands_in_order():
+    assert TABLE.names == ("sort", "reset_counts", "emptied", "ping")
+
+
+def test_emptied_takes_one_bin_as_text():
+    assert TABLE.dispatch("emptied", b'{"bin": "other"}', "bin-1")["emptied"] == {"other": 7}
+    refused = TABLE.dispatch("emptied", b'{"bin": 3}', "bin-1")
+    assert not refused["ok"] and 'emptied takes {"bin": "<bin id>"}' in refused["error"]
 
 
 @pytest.mark.parametrize(

@@ -226,7 +226,7 @@ def test_a_value_just_past_what_a_key_allows_is_refused_naming_the_key(section, 
 
 
 FIX = object()  # the usual fix: "fix KEY in FILE"
-KNOWN_KEYS = "known keys: device_id, model, servo, ledger, mqtt, camera, trigger, sorting"
+KNOWN_KEYS = "known keys: device_id, model, servo, ledger, mqtt, camera, trigger, sorting, fill"
 RECALIBRATE = "recalibrate it (smartbin servo calibrate) or widen the limits if the mechanism allows"
 
 

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from edge.camera.trigger import TriggerState
+from edge.ledger import Ledger
 from edge.service.daemon import Daemon
 from tests.broker import Subscriber, wait_for
 from tests.test_daemon import config_for, needs_broker
@@ -32,7 +33,15 @@ def shape(value: object, free_keys: frozenset[str] = frozenset({"counts"})) -> o
 
 
 def test_the_page_shows_every_payload_kind():
-    assert set(documented_payloads()) == {"state", "event", "count", "reply", "reply-refused"}
+    assert set(documented_payloads()) == {
+        "state",
+        "event",
+        "count",
+        "fill",
+        "fill-event",
+        "reply",
+        "reply-refused",
+    }
 
 
 def test_the_page_names_every_trigger_state():
@@ -43,6 +52,9 @@ def test_the_page_names_every_trigger_state():
 @needs_broker
 def test_state_event_and_count_payloads_match_the_page(tmp_path, emulator, broker):  # noqa: F811
     config = config_for(tmp_path, emulator.port, broker.port)
+    emptied_before = Ledger(config.ledger.path)
+    emptied_before.emptied(["other"], "smartbin emptied (user test)", 1795390000.0, {"other": 200})
+    emptied_before.close()
     sub = Subscriber(broker.port, "smartbin/t1/#")
     assert Daemon(config, opener=lambda cfg: emulator.tray).run() == 0
     wait_for(lambda: len(sub.payloads("/event")) == 3, what="3 events")
@@ -51,6 +63,10 @@ def test_state_event_and_count_payloads_match_the_page(tmp_path, emulator, broke
     assert state["last_item"] is not None
     assert shape(state) == shape(docs["state"])
     assert shape(json.loads(sub.payloads("/event")[0])) == shape(docs["event"])
+    fill = json.loads(sub.latest("/fill/other"))
+    assert shape(fill) == shape(docs["fill"]) and shape(state["fill"]["other"]) == shape(docs["fill"])
+    wait_for(lambda: sub.payloads("/fill_event"), what="the emptied fill event")
+    assert shape(json.loads(sub.payloads("/fill_event")[0])) == shape(docs["fill-event"])
     count = next(p for t, p, _ in sub.messages if "/count/" in t)
     assert isinstance(json.loads(count), int) and isinstance(docs["count"], int)
     published = {t.split("/", 2)[2].split("/")[0] for t, _, _ in sub.messages}

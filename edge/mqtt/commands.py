@@ -4,6 +4,7 @@
 |----------------|----------------------------------------------|-----------------------------|
 | `sort`         | `{}`                                         | classify and sort now       |
 | `reset_counts` | `{"confirm": "reset_counts"}` (required)     | every bin's count to 0      |
+| `emptied`      | `{"bin": "<bin>"}` or `{"bin": "all"}`       | the bin's fill back to 0    |
 | `ping`         | `{}`                                         | a reply, nothing else       |
 
 These are the commands the daemon registers (``edge.service.commands.register_commands``) in a

@@ -6,6 +6,7 @@ every connect, and again whenever ``<ha_prefix>/status`` says ``online``.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Sequence
 
@@ -14,9 +15,10 @@ from edge.mqtt.topics import Topics
 
 
 def discovery_documents(
-    ha_prefix: str, device_id: str, topics: Topics, bins: Sequence[str]
+    ha_prefix: str, device_id: str, topics: Topics, bins: Sequence[str], fill_bins: Sequence[str] = ()
 ) -> list[tuple[str, dict[str, Any]]]:
-    """A sensor per bin count, the total, the last item, a fault sensor."""
+    """A sensor per bin count, the total, the last item, a fault sensor; per bin whose fill is tracked,
+    its fill (%), "nearly full" and "full" binary sensors and an "emptied" button."""
     device = {
         "identifiers": [f"smartbin_{device_id}"],
         "name": f"smartbin {device_id}",
@@ -76,4 +78,52 @@ def discovery_documents(
             },
         ),
     ]
+    for bin_id in fill_bins:
+        fill = {"state_topic": topics.fill(bin_id), **common}
+        docs += [
+            (
+                f"{ha_prefix}/sensor/{node}/fill_{bin_id}/config",
+                {
+                    "name": f"{bin_id} fill",
+                    "unique_id": f"smartbin_{node}_fill_{bin_id}",
+                    "value_template": "{{ value_json.percent }}",
+                    "unit_of_measurement": "%",
+                    "state_class": "measurement",
+                    "icon": "mdi:delete-empty",
+                    "json_attributes_topic": topics.fill(bin_id),
+                    **fill,
+                },
+            ),
+            (
+                f"{ha_prefix}/binary_sensor/{node}/nearly_full_{bin_id}/config",
+                {
+                    "name": f"{bin_id} nearly full",
+                    "unique_id": f"smartbin_{node}_nearly_full_{bin_id}",
+                    "value_template": "{{ 'OFF' if value_json.state == 'ok' else 'ON' }}",
+                    "device_class": "problem",
+                    **fill,
+                },
+            ),
+            (
+                f"{ha_prefix}/binary_sensor/{node}/full_{bin_id}/config",
+                {
+                    "name": f"{bin_id} full",
+                    "unique_id": f"smartbin_{node}_full_{bin_id}",
+                    "value_template": "{{ 'ON' if value_json.state == 'full' else 'OFF' }}",
+                    "device_class": "problem",
+                    **fill,
+                },
+            ),
+            (
+                f"{ha_prefix}/button/{node}/emptied_{bin_id}/config",
+                {
+                    "name": f"{bin_id} emptied",
+                    "unique_id": f"smartbin_{node}_emptied_{bin_id}",
+                    "command_topic": topics.command("emptied"),
+                    "payload_press": json.dumps({"bin": bin_id}),
+                    "icon": "mdi:delete-restore",
+                    **common,
+                },
+            ),
+        ]
     return docs

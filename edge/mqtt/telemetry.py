@@ -79,9 +79,10 @@ class Telemetry:
         status: Callable[[], dict[str, Any]] = dict,
         bins: Sequence[str] = (),
         commands: CommandTable | None = None,
+        fill_bins: Sequence[str] = (),
     ) -> None:
         self.cfg, self.ledger, self.status = cfg, ledger, status
-        self.device_id, self.bins = device_id, list(bins)
+        self.device_id, self.bins, self.fill_bins = device_id, list(bins), list(fill_bins)
         self.commands = commands if commands is not None else CommandTable()
         self.topics = Topics(f"{cfg.topic_prefix}/{device_id}")
         self.client = make_client(cfg, device_id, self.topics)
@@ -317,7 +318,9 @@ class Telemetry:
         self._publish_state()
 
     def _announce(self) -> None:
-        for topic, doc in discovery_documents(self.cfg.ha_prefix, self.device_id, self.topics, self.bins):
+        for topic, doc in discovery_documents(
+            self.cfg.ha_prefix, self.device_id, self.topics, self.bins, self.fill_bins
+        ):
             self.client.publish(topic, json.dumps(doc, ensure_ascii=False), qos=1, retain=True)
 
     def _on_message(self, client, userdata, message) -> None:
@@ -374,6 +377,9 @@ class Telemetry:
         }
 
     def _publish_state(self) -> None:
-        self.client.publish(
-            self.topics.state, json.dumps(self.state(), separators=(",", ":")), qos=1, retain=True
-        )
+        state = self.state()
+        self.client.publish(self.topics.state, json.dumps(state, separators=(",", ":")), qos=1, retain=True)
+        for bin_id, fill in state.get("fill", {}).items():
+            self.client.publish(
+                self.topics.fill(bin_id), json.dumps(fill, separators=(",", ":")), qos=1, retain=True
+            )

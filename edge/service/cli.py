@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -16,8 +18,9 @@ import yaml
 
 from edge.config import REFERENCE_HEADER, Config, add_config_option, load_config, set_keys
 from edge.errors import SmartbinError
+from edge.fill import bins_to_empty
 from edge.images import expand_paths, is_review_folder, labelled_images, read_image, review_labels
-from edge.ledger import read_summary
+from edge.ledger import open_ledger, read_summary
 from edge.model.classifier import Classifier, load_classifier
 from edge.model.decision import decide
 from edge.model.evaluation import (
@@ -52,6 +55,7 @@ examples:
                                                two bundles side by side on the same photos
   smartbin servo cycle                         visit every bin (after installation)
   smartbin counts                              items sorted per bin, from the ledger
+  smartbin emptied other                       the other bin was emptied: its fill restarts from 0
   smartbin mqtt test                           which step of the broker connection fails
   smartbin config                              every config key with its default
 
@@ -222,6 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_option(p)
     p.add_argument("--json", action="store_true", help="print as JSON")
+
+    p = sub.add_parser(
+        "emptied",
+        help="record that a bin was emptied: its fill restarts from 0",
+        description="Record in the ledger that a bin (or all of them) was emptied: its fill restarts "
+        "from 0, a full bin takes items again, and an 'emptied' fill event goes to the broker. Works "
+        "whether or not the service runs; the same as the MQTT command emptied.",
+    )
+    p.add_argument("bin", nargs="?", default="all", help="the bin id, or all (default)")
+    add_config_option(p)
 
     p = sub.add_parser(
         "mqtt",
@@ -509,6 +523,24 @@ def cmd_counts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_emptied(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    known = load_classifier(config.model).bundle.taxonomy.bin_ids
+    try:
+        bins = bins_to_empty(args.bin, known)
+    except ValueError as exc:
+        raise SmartbinError(str(exc), "name one of the bins, or all") from None
+    ledger = open_ledger(config.ledger)
+    try:
+        by = f"smartbin emptied (user {getpass.getuser()})"
+        held = ledger.emptied(bins, by, time.time(), config.fill.capacity)
+    finally:
+        ledger.close()
+    for bin_id, items in held.items():
+        print(f"{bin_id}: emptied (it held {items} items since it was last emptied)")
+    return 0
+
+
 def cmd_mqtt(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     steps = check.diagnose_mqtt(config.mqtt, config.device_id)
@@ -573,6 +605,7 @@ COMMANDS = {
     "servo": servo_cli.run,
     "review": cmd_review,
     "counts": cmd_counts,
+    "emptied": cmd_emptied,
     "mqtt": cmd_mqtt,
     "config": cmd_config,
 }

@@ -10,6 +10,7 @@ import logging
 from typing import Any, Protocol
 
 import edge
+from edge.errors import SmartbinError
 from edge.ledger import Ledger
 from edge.mqtt.commands import Command, CommandError, CommandTable, confirmation
 from edge.mqtt.telemetry import Telemetry
@@ -25,6 +26,13 @@ class SortingBin(Protocol):
     telemetry: Telemetry
 
     def request_sort(self, source: str = ...) -> str | None: ...
+
+    def empty_bins(self, requested: str | None, by: str) -> dict[str, int]: ...
+
+
+def bin_is_text(args: dict[str, Any]) -> None:
+    if not isinstance(args.get("bin", ""), str):
+        raise CommandError('emptied takes {"bin": "<bin id>"} or {"bin": "all"}')
 
 
 def register_commands(table: CommandTable, daemon: SortingBin, device_id: str) -> None:
@@ -42,9 +50,17 @@ def register_commands(table: CommandTable, daemon: SortingBin, device_id: str) -
         daemon.telemetry.notify()
         return {"counts": daemon.ledger.counts()}
 
+    def emptied(command: Command) -> dict[str, Any]:
+        try:
+            held = daemon.empty_bins(command.args.get("bin"), "MQTT command")
+        except SmartbinError as exc:
+            raise CommandError(exc.problem) from None
+        return {"emptied": held}
+
     def ping(command: Command) -> dict[str, Any]:
         return {"device_id": device_id, "version": edge.__version__}
 
     table.register("sort", sort)
     table.register("reset_counts", reset_counts, {"confirm"}, confirmation("reset_counts"))
+    table.register("emptied", emptied, {"bin"}, bin_is_text)
     table.register("ping", ping)

@@ -60,6 +60,7 @@ from edge.camera.trigger import (
 )
 from edge.config import Config, ServoConfig, load_config
 from edge.errors import SmartbinError
+from edge.fill import bins_to_empty, fill_report, full_bins, full_fault
 from edge.ledger import Ledger, SortedItem, open_ledger
 from edge.model.classifier import Classifier, load_classifier
 from edge.model.decision import Decision, decide
@@ -145,6 +146,7 @@ class Daemon:
         self.votes: list[np.ndarray] = []
         self.triggered_at = 0.0
         self.tray_fault: str | None = None
+        self._refused_for: str | None = None  # the full bin an item on the tray was refused for
         self.ledger_fault: str | None = None
         self._ledger_retry_at = 0.0
         self.unrecorded: SortedItem | None = None  # tipped; the ledger has not taken its count yet
@@ -202,6 +204,7 @@ class Daemon:
             status=self.status,
             bins=classifier.bundle.taxonomy.bin_ids,
             commands=commands,
+            fill_bins=[b for b in classifier.bundle.taxonomy.bin_ids if b in config.fill.capacity],
         )
 
     def start(self) -> None:
@@ -287,9 +290,7 @@ class Daemon:
                 }[outcome],
             )
             if outcome == "counted":
-                self._write(
-                    "counting an item tipped before the restart", lambda r=record: self.ledger.record(r)
-                )
+                self._write("counting an item tipped before the restart", lambda r=record: self.count(r))
             else:
                 self._write(
                     "closing an open move",
@@ -488,8 +489,49 @@ class Daemon:
                 self.config.sorting.review_max,
                 kept,
             )
+        if self.config.fill.park_when_full and decision.bin in full_bins(self.fill()):
+            self.refuse_for_full_bin(item)
+            return
         self.pending = item
         self.attempt(item)
+
+    def count(self, item: SortedItem) -> int:
+        """Record a tipped item in the ledger: its count, its bin's fill, its messages."""
+        fill = self.config.fill
+        return self.ledger.record(item, fill.capacity.get(item.bin), fill.nearly_full)
+
+    def fill(self) -> dict[str, dict[str, Any]]:
+        """The fill of each bin of the taxonomy that has a capacity (``fill.capacity``)."""
+        fill, bins = self.config.fill, self.classifier.bundle.taxonomy.bin_ids
+        capacity = {b: fill.capacity[b] for b in bins if b in fill.capacity}
+        return fill_report(self.ledger.fill(), capacity, fill.nearly_full)
+
+    def empty_bins(self, requested: str | None, by: str) -> dict[str, int]:
+        """Record that bins were emptied (one, or ``all``): their fill restarts from 0. Returns the items
+        each held; raises SmartbinError for a bin this bin does not have."""
+        try:
+            bins = bins_to_empty(requested, self.classifier.bundle.taxonomy.bin_ids)
+        except ValueError as exc:
+            raise SmartbinError(str(exc), "name one of the bins, or all") from None
+        held = self.ledger.emptied(bins, by, time.time(), self.config.fill.capacity)
+        log.warning("emptied by %s: %s", by, ", ".join(f"{b} (held {n} items)" for b, n in held.items()))
+        if self._refused_for in held:
+            self.tray_fault, self._refused_for = None, None
+        self.telemetry.notify()
+        return held
+
+    def refuse_for_full_bin(self, item: Item) -> None:
+        """An item for a full bin stays on the tray, never counted, until the bin is emptied."""
+        bin_id = item.decision.bin
+        self.tray_fault = (
+            f"item {item.decision.item} left on the tray: bin {bin_id} is full "
+            f"({self.fill()[bin_id]['items']} items); empty it, then send emptied "
+            f"(smartbin emptied {bin_id}, or MQTT cmd/emptied)"
+        )
+        log.error("%s; it is not counted: take it off the tray", self.tray_fault)
+        self._refused_for = bin_id
+        self._write("recording a parked item", lambda: self.ledger.end_move(item.id, parked=True))
+        self.trigger.handled()
 
     def _write(self, what: str, write: Callable[[], Any]) -> bool:
         """One ledger write; a refused one (disk full, I/O error) is the ``ledger`` fault, retried later."""
@@ -559,7 +601,7 @@ class Daemon:
         if self.clock() < self._ledger_retry_at:
             return
         tipped, counted = self.unrecorded, []
-        if not self._write(f"counting {tipped.item}", lambda: counted.append(self.ledger.record(tipped))):
+        if not self._write(f"counting {tipped.item}", lambda: counted.append(self.count(tipped))):
             return
         self.unrecorded = None
         self.counted(tipped, counted[0])
@@ -606,6 +648,7 @@ class Daemon:
             "servo": self.servo.fault,
             "tray": self.tray_fault,
             "ledger": self.ledger_fault,
+            "fill": full_fault(self.fill()),
             "loop": self.loop_fault if self.clock() - self._loop_failed_at < LOOP_FAULT_HOLD_S else None,
             **self.telemetry.faults(),
         }
@@ -620,6 +663,7 @@ class Daemon:
             "faults": {k: v for k, v in self.faults().items() if k != "mqtt"},
             "parked_items": self.ledger.parked_items(),
             "last_item": self.last_item,
+            "fill": self.fill(),
         }
 
     def status_text(self) -> str:
