@@ -147,6 +147,7 @@ class Daemon:
         self.triggered_at = 0.0
         self.tray_fault: str | None = None
         self._refused_for: str | None = None  # the full bin an item on the tray was refused for
+        self._fill_seen: dict[str, dict[str, Any]] = {}
         self.ledger_fault: str | None = None
         self._ledger_retry_at = 0.0
         self.unrecorded: SortedItem | None = None  # tipped; the ledger has not taken its count yet
@@ -504,7 +505,9 @@ class Daemon:
         """The fill of each bin of the taxonomy that has a capacity (``fill.capacity``)."""
         fill, bins = self.config.fill, self.classifier.bundle.taxonomy.bin_ids
         capacity = {b: fill.capacity[b] for b in bins if b in fill.capacity}
-        return fill_report(self.ledger.fill(), capacity, fill.nearly_full)
+        with contextlib.suppress(sqlite3.Error):  # a closed or unreadable ledger: the last fill read
+            self._fill_seen = fill_report(self.ledger.fill(), capacity, fill.nearly_full)
+        return self._fill_seen
 
     def empty_bins(self, requested: str | None, by: str) -> dict[str, int]:
         """Record that bins were emptied (one, or ``all``): their fill restarts from 0. Returns the items
