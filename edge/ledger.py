@@ -362,6 +362,11 @@ class Ledger:
         with self._lock:
             self.db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
 
+    def items_since(self, since: float) -> int:
+        """Items counted at or after ``since`` (Unix time), from the events kept (``keep_events``)."""
+        with self._lock:
+            return self.db.execute("SELECT COUNT(*) FROM events WHERE time >= ?", (since,)).fetchone()[0]
+
     def events(self, limit: int = 20) -> list[SortedItem]:
         with self._lock:
             rows = self.db.execute(

@@ -12,6 +12,14 @@ from edge.errors import SmartbinError
 from edge.mqtt.topics import Topics
 
 
+def broker_address(text: str, default_port: int = 1883) -> tuple[str, int]:
+    """``HOST`` or ``HOST:PORT``, as the command line gives a broker."""
+    host, _, port = text.partition(":")
+    if not host or (port and not port.isdigit()):
+        raise SmartbinError(f"broker {text!r} is not HOST or HOST:PORT", "e.g. --broker broker.local:1883")
+    return host, int(port) if port else default_port
+
+
 def connack_timeout(cfg: MqttConfig) -> float:
     """How long a broker that took the TCP connection may take to answer it (CONNACK)."""
     return float(min(10, cfg.keepalive_s))
@@ -40,6 +48,11 @@ def make_client(cfg: MqttConfig, device_id: str, topics: Topics) -> mqtt.Client:
         protocol=mqtt.MQTTv311,
     )
     client.will_set(topics.availability, "offline", qos=1, retain=True)
+    return log_in(client, cfg)
+
+
+def log_in(client: mqtt.Client, cfg: MqttConfig) -> mqtt.Client:
+    """The login (``mqtt.username``, the password) and TLS files ``mqtt:`` asks for."""
     if cfg.username:
         client.username_pw_set(cfg.username, read_password(cfg))
     if cfg.ca_file:

@@ -57,6 +57,7 @@ examples:
   smartbin counts                              items sorted per bin, from the ledger
   smartbin emptied other                       the other bin was emptied: its fill restarts from 0
   smartbin mqtt test                           which step of the broker connection fails
+  smartbin fleet --broker broker.local         a page with every bin on the broker
   smartbin config                              every config key with its default
 
 The model is the bundle shipped in models/ unless --model or the config's
@@ -235,6 +236,21 @@ def build_parser() -> argparse.ArgumentParser:
         "whether or not the service runs; the same as the MQTT command emptied.",
     )
     p.add_argument("bin", nargs="?", default="all", help="the bin id, or all (default)")
+    add_config_option(p)
+
+    p = sub.add_parser(
+        "fleet",
+        help="a page with every bin on the broker: online, fill, faults, last item",
+        description="Serve a page on this machine that lists every bin heard on the MQTT broker: "
+        "online or offline (its last will greys it out), a fill bar per bin, items today, faults and "
+        "the last item, updated every second. The broker, login and TLS come from the mqtt: section "
+        "of --config; --broker overrides the host and port.",
+    )
+    p.add_argument("--broker", help="the broker as HOST or HOST:PORT (default: mqtt.host and mqtt.port)")
+    p.add_argument("--prefix", help="topic prefix the bins publish under (default: mqtt.topic_prefix)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8766, help="port (default 8766)")
+    p.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
     add_config_option(p)
 
     p = sub.add_parser(
@@ -541,6 +557,32 @@ def cmd_emptied(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    import webbrowser
+
+    from edge.mqtt.client import broker_address
+    from edge.service.fleet import Fleet, make_server, watch
+
+    mqtt = load_config(args.config).mqtt
+    if args.broker:
+        mqtt.host, mqtt.port = broker_address(args.broker, mqtt.port)
+    fleet = Fleet(args.prefix or mqtt.topic_prefix)
+    server = make_server(fleet, args.host, args.port)
+    client = watch(fleet, mqtt)
+    url = f"http://{args.host}:{server.server_address[1]}/"
+    print(f"bins under {fleet.prefix}/ on {mqtt.host}:{mqtt.port}: {url}   (Ctrl-C stops)")
+    if not args.no_browser:
+        webbrowser.open(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        client.loop_stop()
+    return 0
+
+
 def cmd_mqtt(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     steps = check.diagnose_mqtt(config.mqtt, config.device_id)
@@ -606,6 +648,7 @@ COMMANDS = {
     "review": cmd_review,
     "counts": cmd_counts,
     "emptied": cmd_emptied,
+    "fleet": cmd_fleet,
     "mqtt": cmd_mqtt,
     "config": cmd_config,
 }

@@ -99,6 +99,12 @@ class Item:
     written: bool = False  # the move is in the ledger
 
 
+def local_midnight(now: float) -> float:
+    """The Unix time at which the bin's local day of ``now`` began."""
+    day = time.localtime(now)
+    return time.mktime((day.tm_year, day.tm_mon, day.tm_mday, 0, 0, 0, 0, 0, -1))
+
+
 def resolve_move(at_bin: bool | None, tray_shows_item: bool | None) -> str:
     """What became of an item whose move was open when the process stopped (``None``: cannot tell).
 
@@ -148,6 +154,7 @@ class Daemon:
         self.tray_fault: str | None = None
         self._refused_for: str | None = None  # the full bin an item on the tray was refused for
         self._fill_seen: dict[str, dict[str, Any]] = {}
+        self._today_seen = 0
         self.ledger_fault: str | None = None
         self._ledger_retry_at = 0.0
         self.unrecorded: SortedItem | None = None  # tipped; the ledger has not taken its count yet
@@ -667,7 +674,13 @@ class Daemon:
             "parked_items": self.ledger.parked_items(),
             "last_item": self.last_item,
             "fill": self.fill(),
+            "items_today": self.items_today(),
         }
+
+    def items_today(self) -> int:
+        with contextlib.suppress(sqlite3.Error):  # a closed or unreadable ledger: the last number read
+            self._today_seen = self.ledger.items_since(local_midnight(time.time()))
+        return self._today_seen
 
     def status_text(self) -> str:
         counts = self.ledger.counts()

@@ -25,6 +25,7 @@ from edge.camera.simulation import SimulatedTray
 from edge.config import Config
 from edge.images import IMAGE_SUFFIXES, expand_paths
 from edge.ledger import SortedItem, read_summary
+from edge.mqtt.client import broker_address
 from edge.service.daemon import Daemon
 from edge.servo.emulator import MaestroEmulator
 
@@ -48,8 +49,7 @@ def demo_config(args: Any, state: Path, port: str) -> Config:
     config.sorting.review_sample = args.review_sample
     config.camera.replay_fps = args.fps
     config.sorting.ready_timeout_s = 5.0
-    config.mqtt.host, _, port_text = args.broker.partition(":")
-    config.mqtt.port = int(port_text or 1883)
+    config.mqtt.host, config.mqtt.port = broker_address(args.broker)
     config.mqtt.reconnect_max_s = 5.0
     return config
 

@@ -17,13 +17,14 @@ import logging
 import re
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from edge.errors import SmartbinError
 from edge.model.taxonomy import Taxonomy
 from edge.service.review import write_atomically
+from edge.service.web import PageHandler, listen
 
 log = logging.getLogger(__name__)
 
@@ -113,22 +114,8 @@ class ReviewFolder:
         return {"name": name, "label": label, "label_bin": bin_id}
 
 
-def handler_for(review: ReviewFolder) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s %s", self.address_string(), format % args)
-
-        def send(self, status: int, body: bytes, kind: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def send_json(self, status: int, data: Any) -> None:
-            self.send(status, json.dumps(data).encode("utf-8"), "application/json")
-
+def handler_for(review: ReviewFolder) -> type[PageHandler]:
+    class Handler(PageHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/":
@@ -171,9 +158,4 @@ def make_server(review: ReviewFolder, host: str = "127.0.0.1", port: int = 8765)
             f"review folder {review.folder} does not exist",
             "copy a bin's review folder first: deploy/flash.sh --pull-review pi@bin.local DIR",
         )
-    try:
-        return ThreadingHTTPServer((host, port), handler_for(review))
-    except OSError as exc:
-        raise SmartbinError(
-            f"cannot listen on {host}:{port}: {exc.strerror}", "pick another port with --port"
-        ) from None
+    return listen(host, port, handler_for(review))
