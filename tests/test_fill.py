@@ -19,6 +19,7 @@ from edge.mqtt.discovery import discovery_documents
 from edge.mqtt.topics import Topics
 from edge.service.cli import main as smartbin
 from edge.service.daemon import Daemon
+from edge.servo.emulator import LineEmulator
 from tests.broker import Subscriber, wait_for
 from tests.test_daemon import Running, config_for, needs_broker
 
@@ -235,3 +236,23 @@ def test_smartbin_emptied_on_the_command_line(tmp_path, capsys):
     assert smartbin(["emptied", "compost", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "no bin 'compost'" in err and "fix:" in err
+
+
+def test_a_long_press_of_the_controller_button_empties_the_bins(tmp_path):
+    emulator = LineEmulator()
+    config = config_for(tmp_path, emulator.port)
+    config.servo.protocol = "line"
+    before = Ledger(config.ledger.path)
+    before.record(item(0))
+    before.close()
+    daemon = Daemon(config, opener=lambda cfg: EmptyTray())
+    running = Running(daemon)
+    wait_for(lambda: daemon.ready, what="the daemon ready")
+    emulator.press(long=True)
+    wait_for(lambda: daemon.fill()["other"]["items"] == 0, what="the fill reset by the long press")
+    assert running.stop() == 0
+    emulator.stop()
+    ledger = Ledger(config.ledger.path)
+    events = [json.loads(p.payload) for p in ledger.pending(100) if p.kind == "fill_event"]
+    assert {e["by"] for e in events} == {"the tray button (long press)"} and len(events) == 4
+    assert ledger.counts() == {"other": 1}  # a long press sorts nothing

@@ -64,9 +64,9 @@ class SimulatedBoard:
     def __init__(self, port: str, sim: subprocess.Popen) -> None:
         self.port, self.sim = port, sim
 
-    def press_button(self) -> None:
-        """Pin D2 pulled to ground for 100 ms of simulated time."""
-        self.sim.stdin.write("PRESS\n")
+    def press_button(self, hold_ms: int = 100) -> None:
+        """Pin D2 pulled to ground for ``hold_ms`` of simulated time."""
+        self.sim.stdin.write(f"PRESS {hold_ms}\n")
         self.sim.stdin.flush()
 
 
@@ -162,4 +162,32 @@ def test_the_button_on_d2_reaches_the_driver_as_one_event(simulated_board):
     controller.move(0, 1500, 1.0)  # requests still work after it
     time.sleep(0.5)
     assert controller.events() == []
+    controller.close()
+
+
+@needs_simavr
+def test_a_long_press_is_its_own_event(simulated_board):
+    """Held 2.5 s: ``BUTTON_LONG`` (the bins were emptied), and no ``BUTTON`` (no sort) with it."""
+    import time
+
+    from edge.servo.line import LineController
+    from edge.servo.link import Link
+
+    controller = LineController(Link(simulated_board.port, 115200, 0.5))
+    controller.wait_ready(3.0)
+    controller.events()
+    simulated_board.press_button(2500)
+    deadline = time.monotonic() + 30
+    events: list[str] = []
+    while not events and time.monotonic() < deadline:
+        events = controller.events()
+        time.sleep(0.05)
+    assert events == ["BUTTON_LONG"]
+    simulated_board.press_button(1500)  # under LONG_PRESS_MS: a short press
+    deadline = time.monotonic() + 30
+    events = []
+    while not events and time.monotonic() < deadline:
+        events = controller.events()
+        time.sleep(0.05)
+    assert events == ["BUTTON"]
     controller.close()

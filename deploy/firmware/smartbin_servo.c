@@ -10,7 +10,8 @@
  * - A channel detaches itself HOLD_MS after its last move (jitter, heat).
  * - Pulse widths outside SERVO_MIN_US..SERVO_MAX_US are refused.
  * - A push button from pin D2 to GND (internal pull-up), debounced, sends
- *   `EVT BUTTON` between replies: "sort what is on the tray now".
+ *   `EVT BUTTON` between replies when released: "sort what is on the tray
+ *   now"; held LONG_PRESS_MS or more, `EVT BUTTON_LONG`: "the bins were emptied".
  *
  * Build: make (needs gcc-avr and avr-libc). Flash: make flash PORT=/dev/ttyUSB0
  */
@@ -37,6 +38,7 @@
 #define RX_SIZE 64 /* power of two */
 #define MAX_LOGGED_ERRORS 8
 #define DEBOUNCE_MS 30u
+#define LONG_PRESS_MS 2000u
 
 #if (SERVO_MIN_US) < 500 || (SERVO_MAX_US) > 2500 || (SERVO_MIN_US) >= (SERVO_MAX_US)
 #error "servo limits must lie within 500..2500 us"
@@ -215,17 +217,22 @@ static void handle(char *line) {
     reply(out);
 }
 
-/* The button's level must hold DEBOUNCE_MS before it counts; a press (high -> low) is one event. */
+/* The button's level must hold DEBOUNCE_MS before it counts; a press and its release (low -> high)
+ * is one event, long or short by how long it was held. */
 static void poll_button(uint32_t t) {
     static uint8_t stable = 1, last = 1;
-    static uint32_t changed_at;
+    static uint32_t changed_at, pressed_at;
     uint8_t level = (PIND >> PD2) & 1;
     if (level != last) {
         last = level;
         changed_at = t;
     } else if (level != stable && t - changed_at >= DEBOUNCE_MS) {
         stable = level;
-        if (!stable) reply("EVT BUTTON");
+        if (!stable) {
+            pressed_at = changed_at;
+        } else {
+            reply(changed_at - pressed_at >= LONG_PRESS_MS ? "EVT BUTTON_LONG" : "EVT BUTTON");
+        }
     }
 }
 

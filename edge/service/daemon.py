@@ -421,8 +421,11 @@ class Daemon:
             return  # the item waits on the tray for the servo or the ledger; nothing new is classified
         if self.servo.actuator is None and self.servo.ready:
             self._home()
-        if "BUTTON" in self.servo.events():
+        events = self.servo.events()
+        if "BUTTON" in events:
             self.request_sort("the tray button")
+        if "BUTTON_LONG" in events:
+            self.empty_bins("all", "the tray button (long press)")
         if self.camera.condition:
             self.votes.clear()
             return

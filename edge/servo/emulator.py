@@ -207,9 +207,9 @@ class LineEmulator(PtyEmulator):
             self.lines.append(line.decode("ascii", "replace").strip())
             self.reply(self.lines[-1])
 
-    def press(self) -> None:
-        """The tray button, as the firmware reports it: one unasked line."""
-        self.send(b"EVT BUTTON\n")
+    def press(self, long: bool = False) -> None:
+        """The tray button, as the firmware reports it: one unasked line (held 2 s or more: long)."""
+        self.send(b"EVT BUTTON_LONG\n" if long else b"EVT BUTTON\n")
 
     def reply(self, line: str) -> None:
         if len(self.lines) <= self.lost_while_booting:

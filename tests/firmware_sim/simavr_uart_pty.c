@@ -2,13 +2,15 @@
  * Run an ATmega328P firmware ELF under simavr with UART0 on a pseudo-terminal,
  * so the tests drive the real firmware through the real Python driver.
  * Prints "PTY <path>" on stdout once the pty is up, then simulates until killed.
- * A line "PRESS" on stdin presses the button on pin D2 for 100 ms (simulated time).
+ * A line "PRESS" on stdin presses the button on pin D2 for 100 ms (simulated time); "PRESS <ms>"
+ * holds it that long.
  *
  *   cc simavr_uart_pty.c $(pkg-config --cflags --libs simavr simavrparts) -o simavr_uart_pty
  *   ./simavr_uart_pty smartbin_servo.elf
  */
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -19,13 +21,16 @@
 #include "sim_time.h"
 #include "uart_pty.h"
 
-/* A line on stdin asks for a button press: returns 1 when one is waiting. */
-static int press_requested(void) {
+/* A line on stdin asks for a button press: returns how many ms to hold it, 0 when none is waiting. */
+static long press_requested(void) {
     struct pollfd fd = {.fd = 0, .events = POLLIN};
-    char text[16];
+    char text[32];
     if (poll(&fd, 1, 0) <= 0) return 0;
-    ssize_t n = read(0, text, sizeof text);
-    return n > 0 && !strncmp(text, "PRESS", 5);
+    ssize_t n = read(0, text, sizeof text - 1);
+    if (n <= 0 || strncmp(text, "PRESS", 5)) return 0;
+    text[n] = '\0';
+    long ms = strtol(text + 5, NULL, 10);
+    return ms > 0 ? ms : 100;
 }
 
 int main(int argc, char **argv) {
@@ -59,9 +64,10 @@ int main(int argc, char **argv) {
     int state = cpu_Running;
     while (state != cpu_Done && state != cpu_Crashed) {
         state = avr_run(avr);
-        if (++turns % 20000 == 0 && press_requested()) {
+        long hold_ms;
+        if (++turns % 20000 == 0 && (hold_ms = press_requested()) > 0) {
             avr_raise_irq(button, 0);
-            release_at = avr->cycle + avr_usec_to_cycles(avr, 100000);
+            release_at = avr->cycle + avr_usec_to_cycles(avr, (uint32_t)hold_ms * 1000);
         }
         if (release_at && avr->cycle >= release_at) {
             avr_raise_irq(button, 1);
