@@ -195,6 +195,7 @@ def test_sigkill_anywhere_in_the_move_cycle_counts_each_fallen_item_once(tmp_pat
     ledger = Ledger(tmp_path / "state" / "ledger.db")
     tipped_per_bin = collections.Counter(bin_id for _, bin_id in harness.tipped)
     assert ledger.counts() == dict(tipped_per_bin), log
+    assert {b: items for b, (items, _) in ledger.fill().items()} == dict(tipped_per_bin)  # fill: the same
     assert len(harness.tipped) == harness.placed
     assert ledger.moving() == [] and ledger.parked_items() == 0
     counted = {e.id for e in ledger.events(limit=1000)}
