@@ -28,17 +28,15 @@ from edge.model.bundle import load_bundle
 from edge.service.labelling import ReviewFolder, make_server
 from host_training.data import Split, group_near_duplicates, scan_photos
 from tests.broker import wait_for
+from tests.browser import headless_chromium, needs_chromium
 from tests.conftest import GARBAGE26CN, REPO, WEIGHTS, needs_weights
-from tests.test_labelling import CHROMIUM, DRIVER
 
 NEW_ITEM, ITS_BIN, FIELD_PHOTOS = "paint-bucket", "hazardous", 24
 
 pytestmark = [
     needs_weights,
     pytest.mark.skipif(not GARBAGE26CN.is_dir(), reason=f"real photos absent: {GARBAGE26CN}"),
-    pytest.mark.skipif(
-        not (CHROMIUM and DRIVER), reason="chromium and chromium-driver absent: scripts/test installs them"
-    ),
+    needs_chromium,
 ]
 
 
@@ -74,15 +72,9 @@ def split_the_new_item(root: Path) -> tuple[list[Path], list[Path]]:
 
 def label_in_the_browser(url: str, review: Path, label: str) -> None:
     """Type the item's label under every frame and set it, as a technician does on the page."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(DRIVER), options=options)
+    browser = headless_chromium()
     try:
         browser.get(url + "/")
         wait_for(lambda: browser.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "yes")

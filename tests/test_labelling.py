@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import urllib.error
 import urllib.request
@@ -16,6 +15,7 @@ import pytest
 from edge.model.taxonomy import load_taxonomy
 from edge.service.labelling import ReviewFolder, make_server
 from tests.broker import wait_for
+from tests.browser import headless_chromium, needs_chromium
 from tests.conftest import REPO
 
 TAXONOMY = load_taxonomy(REPO / "config" / "taxonomy" / "cn-4bin.yaml")
@@ -144,22 +144,11 @@ def test_a_missing_folder_is_a_clear_error(tmp_path):
     assert "--pull-review" in err.value.fix
 
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-@pytest.mark.skipif(
-    not (CHROMIUM and DRIVER), reason="chromium and chromium-driver absent: scripts/test installs them"
-)
+@needs_chromium
 def test_labelling_in_a_real_browser_by_click_and_by_key(folder, server):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(DRIVER), options=options)
+    browser = headless_chromium()
     try:
         browser.get(server + "/")
         wait_for(lambda: browser.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "yes")

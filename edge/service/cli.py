@@ -36,6 +36,7 @@ from edge.paths import DEFAULT_BUNDLE, pid_file
 from edge.schema import describe, key_type
 from edge.service import check, demo
 from edge.service.daemon import Daemon
+from edge.service.web import serve
 from edge.servo import cli as servo_cli
 
 log = logging.getLogger("smartbin")
@@ -493,8 +494,6 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    import webbrowser
-
     from edge.model.bundle import load_bundle
     from edge.model.taxonomy import load_taxonomy
     from edge.service.labelling import ReviewFolder, make_server
@@ -514,14 +513,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     )
     for problem in problems:
         print(f"  not shown: {problem}")
-    if not args.no_browser:
-        webbrowser.open(url)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve(server, url, not args.no_browser)
     return 0
 
 
@@ -558,8 +550,6 @@ def cmd_emptied(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    import webbrowser
-
     from edge.mqtt.client import broker_address
     from edge.service.fleet import Fleet, make_server, watch
 
@@ -571,14 +561,9 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     client = watch(fleet, mqtt)
     url = f"http://{args.host}:{server.server_address[1]}/"
     print(f"bins under {fleet.prefix}/ on {mqtt.host}:{mqtt.port}: {url}   (Ctrl-C stops)")
-    if not args.no_browser:
-        webbrowser.open(url)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        serve(server, url, not args.no_browser)
     finally:
-        server.server_close()
         client.loop_stop()
     return 0
 

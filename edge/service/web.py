@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import webbrowser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -37,3 +38,15 @@ def listen(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> Threa
         raise SmartbinError(
             f"cannot listen on {host}:{port}: {exc.strerror}", "pick another port with --port"
         ) from None
+
+
+def serve(server: ThreadingHTTPServer, url: str, open_browser: bool) -> None:
+    """Serve until Ctrl-C, having opened ``url`` in the user's browser if asked."""
+    if open_browser:
+        webbrowser.open(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
