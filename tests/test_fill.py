@@ -216,6 +216,14 @@ def test_emptied_over_mqtt_with_the_fill_retained_and_the_event(tmp_path, emulat
     event = json.loads(sub.payloads("/fill_event")[0])
     assert event["event"] == "emptied" and event["by"] == "MQTT command" and event["capacity"] == 100
     wait_for(lambda: json.loads(sub.latest("/fill/other"))["emptied_at"] is not None, what="the new fill")
+    # `smartbin emptied` on the bin writes the ledger from another process: the topic follows by itself
+    other_process = Ledger(config.ledger.path)
+    other_process.emptied(["kitchen"], "smartbin emptied (user test)", 1795390000.0)
+    other_process.close()
+    wait_for(
+        lambda: json.loads(sub.latest("/fill/kitchen"))["emptied_at"] == 1795390000.0,
+        what="the fill emptied from the command line, published",
+    )
     assert running.stop() == 0
     sub.close()
 

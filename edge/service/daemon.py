@@ -154,6 +154,7 @@ class Daemon:
         self.tray_fault: str | None = None
         self._refused_for: str | None = None  # the full bin an item on the tray was refused for
         self._fill_seen: dict[str, dict[str, Any]] = {}
+        self._fill_told: dict[str, dict[str, Any]] = {}  # the fill the state was last published with
         self._today_seen = 0
         self.ledger_fault: str | None = None
         self._ledger_retry_at = 0.0
@@ -707,6 +708,9 @@ class Daemon:
             self.notifier.watchdog()
             self._watchdog_at = now + interval
         faults = self.faults()
+        if self._fill_seen != self._fill_told:  # read by faults(); `smartbin emptied` changes it from outside
+            self._fill_told = self._fill_seen
+            self.telemetry.notify()
         if faults != self._faults:
             if faults.keys() - {"mqtt"} != self._faults.keys() - {"mqtt"}:
                 self.telemetry.notify()  # republish the state with the faults
