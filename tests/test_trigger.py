@@ -218,6 +218,18 @@ def test_a_new_trigger_cannot_tell_whether_the_tray_shows_an_item_until_it_has_l
     assert trigger.learned_tray() is None  # half learned
 
 
+def test_an_item_sorted_on_command_while_the_tray_is_learned_restarts_the_learning():
+    """A sort command (MQTT, the button) may come before the empty tray is learned; handling that item
+    used to leave the trigger waiting for a clear tray with nothing learned to compare with (the next
+    frame raised AttributeError in the loop; found by tests/test_config_properties.py)."""
+    trigger = PresenceTrigger(TriggerConfig(learn_frames=4), Clock())
+    tray = empty_tray()
+    run(trigger, [noisy(tray, i) for i in range(2)])
+    trigger.handled()
+    assert trigger.state is TriggerState.LEARNING and trigger.learned == 0
+    assert run(trigger, [noisy(tray, i) for i in range(4)])[-1] is TriggerState.EMPTY
+
+
 def test_the_learned_tray_is_the_mean_of_the_learning_frames():
     trigger = PresenceTrigger(TriggerConfig(learn_frames=4), Clock())
     run(trigger, [np.full((120, 160, 3), level, np.uint8) for level in (10, 20, 30, 60)])

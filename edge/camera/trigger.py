@@ -115,6 +115,9 @@ class PresenceTrigger:
         self.baseline, self.learned, self.state = self.empty, self.cfg.learn_frames, TriggerState.EMPTY
 
     def handled(self) -> None:
+        if self.state is TriggerState.LEARNING:  # sorted on command before the tray was learned:
+            self.relearn()  # the frames learned so far may show that item, not the empty tray
+            return
         self.state = TriggerState.CLEARING
         self.empty_run = 0
         self.clear_by = self.clock() + self.cfg.rearm_timeout_s
