@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -15,6 +16,7 @@ from edge.errors import SmartbinError
 
 log = logging.getLogger(__name__)
 
+LABEL = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")  # an item label: a folder name, a taxonomy key
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
@@ -95,8 +97,10 @@ def review_labels(root: str | Path) -> ReviewLabels:
         if not label:
             found.unlabelled += 1
             continue
-        if not isinstance(label, str):
-            found.problems.append(f"{sidecar.name}: label {label!r} is not text")
+        if not isinstance(label, str) or not LABEL.match(label):
+            found.problems.append(
+                f"{sidecar.name}: label {str(label)[:60]!r} is not a label (lower-case letters, digits, '-')"
+            )
             continue
         found.pairs.append((image, label))
         if isinstance(bin_id, str) and bin_id:

@@ -79,19 +79,16 @@ def _schema_4(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE moves (id TEXT PRIMARY KEY, time REAL NOT NULL, item TEXT NOT NULL)")
 
 
-def _schema_5(db: sqlite3.Connection) -> None:
-    """Fill per bin: items counted into it since it was last emptied, and when that was."""
-    db.execute("CREATE TABLE fill (bin TEXT PRIMARY KEY, items INTEGER NOT NULL, emptied_at REAL)")
-
-
 # MIGRATIONS[n] takes a database at version n to n + 1. Append; never edit a released step.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _schema_1,
-    _schema_2,
-    _schema_3,
-    _schema_4,
-    _schema_5,
-]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_1, _schema_2, _schema_3, _schema_4]
+
+# Tables that a release before them can ignore are added without a new version, so that a bin
+# rolled back to that release (deploy/flash.sh --rollback, or a failed health check) still opens
+# its ledger. The older release does not update them; the fill is then short by what it counted.
+ADDITIVE_TABLES = (
+    # fill per bin: items counted into it since it was last emptied, and when that was
+    "CREATE TABLE IF NOT EXISTS fill (bin TEXT PRIMARY KEY, items INTEGER NOT NULL, emptied_at REAL)",
+)
 
 
 @dataclass(frozen=True)
@@ -178,6 +175,9 @@ class Ledger:
             with self._transaction():
                 MIGRATIONS[step](self.db)
                 self.db.execute(f"PRAGMA user_version = {step + 1}")
+        with self._transaction():
+            for statement in ADDITIVE_TABLES:
+                self.db.execute(statement)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

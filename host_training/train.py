@@ -233,10 +233,10 @@ def check_resume(out: Path, settings: TrainSettings) -> None:
     current = dataclasses.asdict(settings)
     if path.exists() and (out / "checkpoints").exists():
         before = json.loads(path.read_text())
-        changed = [
+        changed = [  # a setting added since the run began (absent before) had its default then
             f"{k} {before.get(k)!r} -> {current[k]!r}"
             for k in TRAINING_KEYS
-            if not same_setting(k, before.get(k), current[k])
+            if k in before and not same_setting(k, before[k], current[k])
         ]
         if changed:
             raise SmartbinError(

@@ -39,10 +39,11 @@ def test_the_fleet_keeps_what_each_bin_last_said():
     fleet.receive("smartbin/b1/availability", b"offline")
     fleet.receive("smartbin/b1/state", b"{not json")  # ignored, counted, nothing else changes
     fleet.receive("smartbin/b1/state", b"[1, 2]")
+    fleet.receive("smartbin/b1/state", b"[" * 100_000)  # nested past the recursion limit
     fleet.receive("other/b9/state", b"{}")  # another prefix
     fleet.receive("smartbin/b3/count/other", b"4")  # in the state anyway: not a reason to show a bin
     snap = fleet.snapshot()
-    assert [b["device_id"] for b in snap["bins"]] == ["b1", "b2"] and snap["ignored"] == 2
+    assert [b["device_id"] for b in snap["bins"]] == ["b1", "b2"] and snap["ignored"] == 3
     b1, b2 = snap["bins"]
     assert b1["online"] is False and b1["last_item"] == {"item": "paper", "bin": "recyclable"} | {
         "confidence": None,

@@ -60,7 +60,7 @@ from edge.camera.trigger import (
 )
 from edge.config import Config, ServoConfig, load_config
 from edge.errors import SmartbinError
-from edge.fill import bins_to_empty, fill_report, full_bins, full_fault
+from edge.fill import FULL, bins_to_empty, fill_report, full_bins, full_fault
 from edge.ledger import Ledger, SortedItem, open_ledger
 from edge.model.classifier import Classifier, load_classifier
 from edge.model.decision import Decision, decide
@@ -155,6 +155,7 @@ class Daemon:
         self._refused_for: str | None = None  # the full bin an item on the tray was refused for
         self._fill_seen: dict[str, dict[str, Any]] = {}
         self._fill_told: dict[str, dict[str, Any]] = {}  # the fill the state was last published with
+        self._day = 0.0  # the local midnight the state's items_today counts from
         self._today_seen = 0
         self.ledger_fault: str | None = None
         self._ledger_retry_at = 0.0
@@ -426,7 +427,8 @@ class Daemon:
         if "BUTTON" in events:
             self.request_sort("the tray button")
         if "BUTTON_LONG" in events:
-            self.empty_bins("all", "the tray button (long press)")
+            by = "the tray button (long press)"
+            self._write("recording the bins emptied", lambda: self.empty_bins("all", by))
         if self.camera.condition:
             self.votes.clear()
             return
@@ -487,6 +489,9 @@ class Daemon:
             log.info("nothing to sort: the model sees %s (%.0f%%)", decision.item, decision.confidence * 100)
             self.trigger.handled()
             return
+        if self.config.fill.park_when_full and decision.bin in full_bins(self.fill()):
+            self.refuse_for_full_bin(item)
+            return
         kept = review_reason(decision.uncertain, self.config.sorting.review_sample, self.draw())
         if kept:
             save_for_review(
@@ -501,9 +506,6 @@ class Daemon:
                 self.config.sorting.review_max,
                 kept,
             )
-        if self.config.fill.park_when_full and decision.bin in full_bins(self.fill()):
-            self.refuse_for_full_bin(item)
-            return
         self.pending = item
         self.attempt(item)
 
@@ -535,8 +537,14 @@ class Daemon:
         return held
 
     def refuse_for_full_bin(self, item: Item) -> None:
-        """An item for a full bin stays on the tray, never counted, until the bin is emptied."""
+        """An item for a full bin stays on the tray, never counted, until the bin is emptied.
+
+        Recorded (parked, logged) once per item: a trigger that classifies what lies on the tray
+        again and again (continuous mode) refuses the same item without counting it each time."""
         bin_id = item.decision.bin
+        self.trigger.handled()
+        if self._refused_for == bin_id:
+            return
         self.tray_fault = (
             f"item {item.decision.item} left on the tray: bin {bin_id} is full "
             f"({self.fill()[bin_id]['items']} items); empty it, then send emptied "
@@ -545,7 +553,6 @@ class Daemon:
         log.error("%s; it is not counted: take it off the tray", self.tray_fault)
         self._refused_for = bin_id
         self._write("recording a parked item", lambda: self.ledger.end_move(item.id, parked=True))
-        self.trigger.handled()
 
     def _write(self, what: str, write: Callable[[], Any]) -> bool:
         """One ledger write; a refused one (disk full, I/O error) is the ``ledger`` fault, retried later."""
@@ -708,8 +715,12 @@ class Daemon:
             self.notifier.watchdog()
             self._watchdog_at = now + interval
         faults = self.faults()
-        if self._fill_seen != self._fill_told:  # read by faults(); `smartbin emptied` changes it from outside
-            self._fill_told = self._fill_seen
+        day = local_midnight(time.time())
+        if self._fill_seen != self._fill_told or day != self._day:  # `smartbin emptied`, or a new day
+            self._fill_told, self._day = self._fill_seen, day
+            refused = self._fill_seen.get(self._refused_for or "", {})
+            if self._refused_for and refused.get("state") != FULL:  # emptied from outside
+                self.tray_fault, self._refused_for = None, None
             self.telemetry.notify()
         if faults != self._faults:
             if faults.keys() - {"mqtt"} != self._faults.keys() - {"mqtt"}:

@@ -93,7 +93,7 @@ class Fleet:
                     return  # counts, fill and commands are all in the state
                 view.heard_at = time.time() if now is None else now
                 self.bins[device_id] = view
-        except (ValueError, UnicodeDecodeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any payload (even one nested past the recursion limit)
             self.ignored += 1
             log.warning("fleet: ignored a message on %s: %s", topic[:120], exc)
 
@@ -135,6 +135,7 @@ def watch(fleet: Fleet, cfg: MqttConfig) -> mqtt.Client:
 
     client.on_connect, client.on_connect_fail, client.on_disconnect = connected, failed, disconnected
     client.on_message = lambda client, userdata, message: fleet.receive(message.topic, message.payload)
+    client.suppress_exceptions = True  # a callback's failure must never end the network thread
     client.reconnect_delay_set(1, 30)
     client.connect_async(cfg.host, cfg.port, keepalive=30)
     client.loop_start()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import SmartbinError
+from edge.images import LABEL
 from edge.model.taxonomy import Taxonomy
 from edge.service.review import write_atomically
 from edge.service.web import PageHandler, listen
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 NOT_AN_ITEM = "empty"
 PAGE = Path(__file__).with_name("labelling.html")
 NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-NEW_LABEL = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 MAX_BODY = 4096
 
 
@@ -96,7 +96,7 @@ class ReviewFolder:
             bin_id = None
         elif label in self.taxonomy.items:
             bin_id = self.taxonomy.bin_of(label)
-        elif not NEW_LABEL.match(label or ""):
+        elif not LABEL.match(label or ""):
             raise LabelError(
                 f"{str(label)[:60]!r} is not a label: lower-case letters, digits and '-', at most 40"
             )
