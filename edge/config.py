@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 from edge.camera.kinds import STREAM_SCHEMES, sources_help
 from edge.errors import SmartbinError
-from edge.model.decision import DEFAULT_THRESHOLD
+from edge.model.decision import DEFAULT_THRESHOLD, UNKNOWN_CHOICES
 from edge.schema import (
     NAME_MAX,
     PATH_EXPECT,
@@ -115,6 +115,24 @@ def env_name(s: str) -> bool:
     return not any(c in s for c in "=\0")
 
 
+LINE_INPUT_PINS = tuple(f"D{n}" for n in range(3, 9))  # free on the line firmware's ATmega328P
+MAESTRO_CHANNELS_MAX = 24  # the Mini Maestro 24; a by-id port path names the board's own count
+INTERLOCK_EXPECT = f"a Maestro input channel 0 to {MAESTRO_CHANNELS_MAX - 1}, or a line pin D3 to D8"
+
+
+def interlock_input(value: Union[int, str]) -> bool:
+    """A channel number in range, or text: which text the protocol takes is checked in ServoConfig."""
+    return 0 <= value < MAESTRO_CHANNELS_MAX if isinstance(value, int) else True
+
+
+def maestro_channels(port: str) -> Optional[int]:
+    """How many channels the Maestro on ``port`` has, when its by-id path names the board."""
+    import re
+
+    found = re.search(r"Maestro_(\d+)-", port)
+    return int(found.group(1)) if found else None
+
+
 MAESTRO_BY_ID = (
     "/dev/serial/by-id/usb-Pololu_Corporation_Pololu_Micro_Maestro_6-Servo_Controller_00012345-if00"
 )
@@ -186,8 +204,25 @@ class ServoConfig:
         lambda x: 0 <= x <= 60,
         "0 to 60",
     )
+    interlock: Optional[Union[int, str]] = opt(
+        None,
+        "the lid, door or light-curtain switch the controller enforces: maestro: its input channel "
+        "(configured as an input; switch to GND with a pull-up); line: the firmware's input pin, "
+        "D3 to D8 (switch to GND, internal pull-up). A move is refused, or stopped, while it reads "
+        "open; empty = no interlock",
+        interlock_input,
+        INTERLOCK_EXPECT,
+    )
+    interlock_stop: str = opt(
+        "home",
+        "what a move stopped by an opening lid does: home (back to home_us, the tray level) or hold "
+        "(stays where it is)",
+        lambda s: s in ("home", "hold"),
+        "home or hold",
+    )
 
     def __post_init__(self) -> None:
+        self._check_interlock()
         if not self.min_us < self.max_us:
             raise SmartbinError(
                 f"servo.min_us ({self.min_us:g}) is not below servo.max_us ({self.max_us:g})",
@@ -200,6 +235,48 @@ class ServoConfig:
                     f"({self.min_us:g}..{self.max_us:g})",
                     "recalibrate it (smartbin servo calibrate) or widen the limits if the mechanism allows",
                 )
+
+    def _check_interlock(self) -> None:
+        """The input must be one this controller has: refused at start, never found out mid-move."""
+        value = self.interlock
+        if value is None or value == "":
+            self.interlock = None
+            return
+        if self.protocol == "line":
+            pin = str(value).upper()
+            if pin not in LINE_INPUT_PINS:
+                raise SmartbinError(
+                    f"servo.interlock = {shown(value)} is not an input pin of the line firmware",
+                    f"wire the switch to one of {', '.join(LINE_INPUT_PINS)} (D0/D1 are the serial line, "
+                    "D2 the button, D9/D10 the servos) and name it in servo.interlock",
+                )
+            self.interlock = pin
+            return
+        if self.protocol != "maestro":
+            return
+        if isinstance(value, str) and not (value.isascii() and value.isdigit() and len(value) <= 2):
+            raise SmartbinError(
+                f"servo.interlock = {shown(value)} is not a Maestro channel",
+                "name the Maestro channel the switch is wired to (a number), configured as an input",
+            )
+        channel = int(value)
+        if channel >= MAESTRO_CHANNELS_MAX:
+            raise SmartbinError(
+                f"servo.interlock = {channel}: no Maestro has a channel {channel}",
+                f"name the channel the switch is wired to, 0 to {MAESTRO_CHANNELS_MAX - 1}",
+            )
+        if channel == self.channel:
+            raise SmartbinError(
+                f"servo.interlock = {channel} is the servo's own channel (servo.channel)",
+                "wire the switch to another channel, configure it as an input, and name it here",
+            )
+        board = maestro_channels(self.port)
+        if board is not None and channel >= board:
+            raise SmartbinError(
+                f"servo.interlock = {channel}: the Maestro on {self.port} has channels 0 to {board - 1}",
+                f"name one of its channels 0 to {board - 1}, configured as an input",
+            )
+        self.interlock = channel
 
 
 @dataclass
@@ -443,6 +520,15 @@ class SortingConfig:
         "sample), so that confident mistakes reach labelling as well; 0 = uncertain items only",
         unit_interval,
         "0 to 1",
+    )
+    unknown: str = opt(
+        "hold",
+        "an item the model's out-of-distribution score finds unlike its training photos (only with a "
+        "bundle whose model.json has an ood block): hold (left on the tray, a tray fault; a second "
+        "press of the sort button sends it to the fallback bin) or fallback (tipped into the fallback "
+        "bin at once, marked uncertain)",
+        lambda m: m in UNKNOWN_CHOICES,
+        "hold or fallback",
     )
     ready_timeout_s: float = opt(
         30.0,

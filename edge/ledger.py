@@ -263,13 +263,23 @@ class Ledger:
             self._enforce_bounds()
             return count
 
+    def queue_held(self, item_id: str, payload: Mapping[str, object]) -> None:
+        """Queue the ``held`` message of an item left on the tray, never tipped and never counted (not
+        waste, or unknown): delivered like an event, bounded with them by ``max_pending_events``."""
+        with self._lock, self._transaction():
+            self.db.execute(
+                "INSERT INTO outbox (kind, key, payload) VALUES ('held', ?, ?)",
+                (item_id, json.dumps(dict(payload), separators=(",", ":"))),
+            )
+            self._enforce_bounds()
+
     def _enforce_bounds(self) -> None:
-        pending = self.db.execute("SELECT COUNT(*) FROM outbox WHERE kind = 'event'").fetchone()[0]
+        pending = self.db.execute("SELECT COUNT(*) FROM outbox WHERE kind IN ('event', 'held')").fetchone()[0]
         excess = pending - self.max_pending_events
         if excess > 0:
             self.db.execute(
                 "DELETE FROM outbox WHERE seq IN "
-                "(SELECT seq FROM outbox WHERE kind = 'event' ORDER BY seq LIMIT ?)",
+                "(SELECT seq FROM outbox WHERE kind IN ('event', 'held') ORDER BY seq LIMIT ?)",
                 (excess,),
             )
             self._bump("dropped_events", excess)

@@ -18,7 +18,7 @@ import tensorflow as tf
 from keras import ops
 
 # Part of every feature cache's key: a cache made with other augmented copies is never reused.
-AUGMENTATION_VERSION = 2
+AUGMENTATION_VERSION = 3
 
 # Tray tones a bin is built with (RGB, 0-255): light and mid greys, off-white, beige, dark plastic.
 TRAY_TONES = np.array(
@@ -78,28 +78,31 @@ class TrayScene(keras.layers.Layer):
         return input_shape
 
 
-def object_mask(images, border: int = 4, plain: float = 20.0, margin: float = 40.0):
+def object_mask(images, border: int = 4, plain: float = 0.7, margin: float = 40.0):
     """Where the object is, for photos on a plain studio background; the whole photo otherwise.
 
-    The background's colour is the mean of the photo's outer ``border`` pixels.
-    When they vary little (standard deviation under ``plain``), pixels within
-    ``margin`` of that colour are background, with a soft edge, so the item
-    lies on the tray and not a white card. A busy border keeps the whole photo.
+    The background's colour is the median of the photo's outer ``border``
+    pixels (an item touching the edge does not move it). When at least
+    ``plain`` of those pixels lie within ``margin`` of it, the background is
+    plain: pixels that near it are background, with a soft edge, so the item
+    lies on the tray and not on a white card. A busy border keeps the whole photo.
     """
+    n = ops.shape(images)[0]
     edge = ops.concatenate(
         [
-            ops.reshape(images[:, :border], (ops.shape(images)[0], -1, 3)),
-            ops.reshape(images[:, -border:], (ops.shape(images)[0], -1, 3)),
-            ops.reshape(images[:, :, :border], (ops.shape(images)[0], -1, 3)),
-            ops.reshape(images[:, :, -border:], (ops.shape(images)[0], -1, 3)),
+            ops.reshape(images[:, :border], (n, -1, 3)),
+            ops.reshape(images[:, -border:], (n, -1, 3)),
+            ops.reshape(images[:, :, :border], (n, -1, 3)),
+            ops.reshape(images[:, :, -border:], (n, -1, 3)),
         ],
         axis=1,
     )
-    colour = ops.mean(edge, axis=1)
-    spread = ops.mean(ops.std(edge, axis=1), axis=-1)
+    colour = ops.median(edge, axis=1)
+    near = ops.sqrt(ops.sum(ops.square(edge - colour[:, None, :]), axis=-1)) < margin
+    is_plain = ops.mean(ops.cast(near, "float32"), axis=1) >= plain
     distance = ops.sqrt(ops.sum(ops.square(images - colour[:, None, None, :]), axis=-1, keepdims=True))
     keyed = ops.sigmoid((distance - margin) / 6.0)
-    keep_all = ops.cast(spread >= plain, "float32")[:, None, None, None]
+    keep_all = 1.0 - ops.cast(is_plain, "float32")[:, None, None, None]
     return keyed * (1.0 - keep_all) + keep_all
 
 
@@ -145,35 +148,36 @@ class JpegQuality(keras.layers.Layer):
         return input_shape
 
 
-def augmentation(seed: int) -> keras.Sequential:
-    """What a bin camera varies: where the item lies and how big, angle, light, colour, focus, compression."""
+def augmentation(seed: int, tray: bool = True) -> keras.Sequential:
+    """What a bin camera varies: position, angle, scale, light, colour, focus; with ``tray``, also the
+    item laid smaller on a tray, a white-balance cast and JPEG compression (the web photo made a frame)."""
     layers = keras.layers
     return keras.Sequential(
         [
             layers.RandomFlip("horizontal_and_vertical", seed=seed),
-            TrayScene(seed=seed),  # before the turns and shifts, which blur the photo's plain border
+            *([TrayScene(seed=seed)] if tray else []),  # before the turns, which blur a plain border
             layers.RandomRotation(0.1, fill_mode="reflect", seed=seed),
             layers.RandomZoom((-0.2, 0.1), fill_mode="reflect", seed=seed),
             layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed),
             layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed),
             layers.RandomContrast(0.2, value_range=(0, 255), seed=seed),
             layers.RandomSaturation((0.3, 0.7), value_range=(0, 255), seed=seed),
-            ColourCast(seed=seed),
+            *([ColourCast(seed=seed)] if tray else []),
             layers.RandomGaussianBlur(factor=0.3, value_range=(0, 255), seed=seed),
-            JpegQuality(seed=seed),
+            *([JpegQuality(seed=seed)] if tray else []),
         ],
         name="augment",
     )
 
 
-def preview(pixels: np.ndarray, path: Path, seed: int = 0, copies: int = 5) -> Path:
+def preview(pixels: np.ndarray, path: Path, seed: int = 0, copies: int = 5, tray: bool = True) -> Path:
     """A grid of photos (rows) and augmented copies of each (columns), to look at before training on them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    augment = augmentation(seed)
+    augment = augmentation(seed, tray)
     rows = len(pixels)
     fig, axes = plt.subplots(rows, copies + 1, figsize=(1.6 * (copies + 1), 1.6 * rows), squeeze=False)
     for r, photo in enumerate(pixels):

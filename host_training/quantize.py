@@ -62,10 +62,15 @@ def parity_gate_failures(check: dict[str, float], settings: TrainSettings) -> li
     return failures
 
 
-def predict_int8(classifier, pixels: np.ndarray, progress: Callable | None = None) -> np.ndarray:
+def predict_int8(
+    classifier, pixels: np.ndarray, progress: Callable | None = None, *, uncalibrated: bool = False
+) -> np.ndarray:
+    """The edge classifier's probabilities photo by photo; ``uncalibrated``: before the bundle's temperature
+    (``classifier.calibrate`` then gives exactly what ``predict_tensor`` gives)."""
+    predict = classifier.uncalibrated_tensor if uncalibrated else classifier.predict_tensor
     out = np.empty((len(pixels), len(classifier.labels)), dtype=np.float32)
     for i, image in enumerate(pixels):
-        out[i] = classifier.predict_tensor(classifier.tensor_from_pixels(image))
+        out[i] = predict(classifier.tensor_from_pixels(image))
         if progress:
             progress(1)
     return out

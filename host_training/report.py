@@ -19,7 +19,7 @@ from edge.model.evaluation import misrouted, plot_confusion
 from host_training.data import SPLITS, Split
 from host_training.settings import TrainSettings
 
-PICTURES = ("curves.png", "confusion_items.png", "confusion_bins.png")
+PICTURES = ("curves.png", "confusion_items.png", "confusion_bins.png", "reliability.png")
 
 
 def bundle_metrics(result: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +125,64 @@ def plot_curves(history: dict[str, list[dict[str, float]]], path: Path) -> None:
 
 def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
+
+
+def calibration_lines(cal: dict[str, Any]) -> list[str]:
+    """The temperature and the expected calibration error before and after it, on val and test."""
+    rows = [("val (fitted here)", "int8", cal["val"]["int8"]), ("test", "int8", cal["test"]["int8"])]
+    rows.append(("test", "float", cal["test"]["float"]))
+    lines = [
+        "## Calibration",
+        "",
+        f"The probabilities are temperature-scaled: softmax(log p / T) with T = {cal['temperature']:.4g}, "
+        f"fitted on the int8 model's probabilities for the {cal['photos']} validation photos (least "
+        "negative log-likelihood). The bin applies it to every output (model.json `calibration`); "
+        "the top item never changes, the confidence the threshold and the costs read does. "
+        "T > 1 softens an over-confident model, T < 1 sharpens an under-confident one.",
+        "",
+        f"Expected calibration error ({cal['ece_bins']} equal confidence bins; lower is better). Item: the "
+        "top item's probability against whether it is right; bin: the most probable bin's probability "
+        "(its items' probabilities summed) against whether it is the right bin.",
+        "",
+        "| split | model | photos | item ECE before | item ECE after | bin ECE before | bin ECE after |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for split, kind, r in rows:
+        n = sum(b["n"] for b in r["before"]["item"]["reliability"])
+        ece = [pct(r[when][level]["ece"]) for level in ("item", "bin") for when in ("before", "after")]
+        lines.append(f"| {split} | {kind} | {n} | " + " | ".join(ece) + " |")
+    return [*lines, "", "![reliability diagram](reliability.png)", ""]
+
+
+def plot_reliability(cal: dict[str, Any], path: Path) -> None:
+    """Accuracy against confidence per bin of confidence, int8 on test, before and after the temperature."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    test = cal["test"]["int8"]
+    for ax, level in zip(axes, ("item", "bin")):
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, label="perfectly calibrated")
+        for when, style in (("before", "o--"), ("after", "s-")):
+            rows = test[when][level]["reliability"]
+            label = f"{when} (ECE {pct(test[when][level]['ece'])})"
+            if when == "after":
+                label = f"after, T = {cal['temperature']:.3g} (ECE {pct(test[when][level]['ece'])})"
+            ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], style, label=label)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel(f"mean {'top item' if level == 'item' else 'most probable bin'} probability")
+        ax.set_ylabel("share right")
+        ax.set_title(f"{level} level")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    n = sum(r["n"] for r in test["before"]["item"]["reliability"])
+    fig.suptitle(f"reliability, int8 on the test split (n={n})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def known_limits(labels: list[str], taxonomy: dict[str, Any], counts: dict[str, dict[str, int]]) -> list[str]:
@@ -262,6 +320,7 @@ def markdown(rep: dict[str, Any]) -> str:
         "",
         *(folder_lines(res, list(meta["taxonomy"]["bins"])) if "folders" in res else []),
         "",
+        *(calibration_lines(res["calibration"]) if "calibration" in res else []),
         "## Known limits",
         "",
         *[f"- {line}" for line in known_limits(labels, meta["taxonomy"], split["counts"])],
@@ -345,6 +404,8 @@ def write(
     (out / "report.json").write_text(json.dumps(rep, indent=1, ensure_ascii=False) + "\n")
     (out / "report.md").write_text(markdown(rep), encoding="utf-8")
     plot_curves(history, out / "curves.png")
+    if "calibration" in result:
+        plot_reliability(result["calibration"], out / "reliability.png")
     for level, png in (("item", "confusion_items.png"), ("bin", "confusion_bins.png")):
         r = result["int8"][level]
         plot_confusion(
@@ -373,4 +434,5 @@ def attach(out: Path, bundle_dir: Path, split: Split) -> None:
     shutil.copy(out / "report.md", bundle_dir / "MODEL_CARD.md")
     shutil.copy(out / "report.json", bundle_dir / "report.json")
     for name in PICTURES:
-        shutil.copy(out / name, bundle_dir / name)
+        if (out / name).exists():
+            shutil.copy(out / name, bundle_dir / name)

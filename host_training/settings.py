@@ -74,6 +74,12 @@ class TrainSettings:
         lambda n: n >= 1,
         ">= 1",
     )
+    tray_augmentation: bool = opt(
+        False,
+        "augmented copies also lay the item smaller on a tray tone, lit from one side, with a "
+        "white-balance cast and JPEG compression (a tray camera's frames, not web photos); "
+        "off in the shipped model's recipe, which predates it",
+    )
     small_label_photos: int = opt(
         200,
         "a label with fewer training photos than this in one folder is small there (garbage26cn's ~50 "

@@ -30,15 +30,25 @@ import edge
 from edge.errors import SmartbinError
 from edge.images import folder_labels, is_review_folder, review_labels
 from edge.model.bundle import bundle_meta, load_bundle, write_bundle
+from edge.model.calibration import (
+    ECE_BINS,
+    T_RANGE,
+    calibrated,
+    calibration_scores,
+    fit_temperature,
+    negative_log_likelihood,
+)
 from edge.model.classifier import Classifier
 from edge.model.evaluation import score_predictions
 from edge.model.preprocess import InputSpec
 from edge.model.taxonomy import Taxonomy, load_taxonomy
+from host_training.augment import AUGMENTATION_VERSION, augmentation, preview
 from host_training.data import SPLITS, Split, class_weights, export_subset, make_split
 from host_training.features import (
     cache_key,
     cached_activations,
     load_prepared,
+    pooled_features,
     prepared_batches,
     view_offsets,
     weights_digest,
@@ -69,7 +79,19 @@ def stage(out: Path, timing: dict[str, float], name: str):
     path.write_text(json.dumps({**before, name: timing[name]}, indent=1) + "\n")
 
 
+SPLIT_FILES = "split_files.json"
+
+
 def prepare_split(settings: TrainSettings, out: Path) -> Split:
+    """The run folder's split: made once, reused on resume while the photos on disk are still the same.
+
+    Beside ``split.json``, ``split_files.json`` lists every photo file the split
+    was made from (label, size, modification time), so a resumed run notices
+    photos added, removed, relabelled or replaced under the same folders
+    without hashing them all again; only a photo whose time changed at the
+    same size is hashed. A changed folder is refused: the old split would be
+    trained silently, and the feature cache would mix old and new photos.
+    """
     path = out / "split.json"
     sources = [str(Path(d).resolve()) for d in settings.data]
     if path.exists():
@@ -79,8 +101,10 @@ def prepare_split(settings: TrainSettings, out: Path) -> Split:
                 f"run folder {out} holds a split of other data ({split.sources})",
                 "use another --out for this data, or delete split.json to split again",
             )
+        check_photos(split, out, settings.limit_per_class)
         log.info("reusing the split in %s", path)
         return split
+    listing = photo_listing(sources)
     split = make_split(
         [Path(s) for s in sources],
         tuple(settings.fractions),
@@ -89,8 +113,117 @@ def prepare_split(settings: TrainSettings, out: Path) -> Split:
         settings.limit_per_class,
         settings.min_label_photos,
     )
+    before = read_photo_listing(out)
+    if before and before["fingerprint"] != split.fingerprint() and (out / "checkpoints").exists():
+        raise SmartbinError(
+            f"run folder {out} holds checkpoints trained on another split of its data (split.json was "
+            "deleted and the photos have changed since)",
+            f"delete {out / 'checkpoints'} too, to train on the new split, or use another --out",
+        )
     split.save(path)
+    write_photo_listing(out, split, listing)
     return split
+
+
+Listing = dict[tuple[int, str], tuple[str, int, int]]  # (source, path) -> (label, size, mtime_ns)
+
+
+def photo_listing(sources: list[str]) -> Listing:
+    """``(source, path) -> (label, size, mtime_ns)`` for every photo the data folders hold now."""
+    from edge.images import labelled_images
+
+    listing: Listing = {}
+    for i, root in enumerate(sources):
+        for file, label in labelled_images(root, allow_empty=True):
+            try:
+                st = file.stat()
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:  # a dangling link: the split skipped it as unreadable
+                size, mtime = -1, 0
+            listing[(i, file.relative_to(root).as_posix())] = (label, size, mtime)
+    return listing
+
+
+def write_photo_listing(out: Path, split: Split, listing: Listing) -> None:
+    files = [[i, rel, *listing[(i, rel)]] for i, rel in sorted(listing)]
+    data = {"version": 1, "sources": split.sources, "fingerprint": split.fingerprint(), "files": files}
+    (out / f"{SPLIT_FILES}.tmp").write_text(json.dumps(data) + "\n", encoding="utf-8")
+    (out / f"{SPLIT_FILES}.tmp").replace(out / SPLIT_FILES)
+
+
+def read_photo_listing(out: Path) -> dict[str, Any] | None:
+    """``split_files.json`` with ``files`` as a ``Listing``; None when absent or unreadable."""
+    try:
+        data = json.loads((out / SPLIT_FILES).read_text(encoding="utf-8"))
+        if data.get("version") != 1:
+            return None
+        data["files"] = {(i, rel): (label, size, mtime) for i, rel, label, size, mtime in data["files"]}
+        return data
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def check_photos(split: Split, out: Path, limit_per_class: int | None) -> None:
+    """Refuse a resumed run whose data folders no longer hold the photos its split was made from."""
+    now = photo_listing(split.sources)
+    photos = {(p.source, p.path): p for p in split.photos}
+    record = read_photo_listing(out)
+    if record and (record["sources"] != split.sources or record["fingerprint"] != split.fingerprint()):
+        record = None  # written for another split
+    added, removed, changed = [], [], []
+    stale = record is None
+    if record is not None:
+        before = record["files"]
+        for key, (label, size, mtime) in before.items():
+            if key not in now:
+                removed.append(key)
+            elif now[key][:2] != (label, size):
+                changed.append(key)
+            elif now[key][2] != mtime:
+                stale = True  # touched or copied: the content decides
+                if key in photos and file_sha256(split.file(photos[key])) != photos[key].sha256:
+                    changed.append(key)
+        added = [key for key in now if key not in before]
+    else:
+        log.info("checking the %d photos of %s against their content hashes", len(photos), out / "split.json")
+        for key, photo in photos.items():
+            if key not in now:
+                removed.append(key)
+            elif now[key][0] != photo.label or file_sha256(split.file(photo)) != photo.sha256:
+                changed.append(key)
+        if limit_per_class is None:  # else the split left photos out on purpose
+            left_out = set(split.skipped) | {s.rsplit(" (", 1)[0] for s in split.skipped_labels}
+            added = [
+                (i, rel)
+                for (i, rel), (label, _, _) in now.items()
+                if (i, rel) not in photos
+                and str(Path(split.sources[i]) / rel) not in left_out
+                and str(Path(split.sources[i]) / label) not in left_out
+            ]
+    if added or removed or changed:
+        kind, (i, rel) = next(
+            (kind, keys[0])
+            for kind, keys in (("added", added), ("removed", removed), ("changed", changed))
+            if keys
+        )
+        raise SmartbinError(
+            f"the photos in {', '.join(split.sources)} changed since run folder {out} split them: "
+            f"{len(added)} added, {len(removed)} removed, {len(changed)} changed "
+            f"(e.g. {kind}: {Path(split.sources[i]).name}/{rel})",
+            "use another --out for the changed data, or delete split.json (and checkpoints/, trained on the "
+            "old split) to split again",
+        )
+    if stale:
+        write_photo_listing(out, split, now)
 
 
 def keras_callbacks(out: Path, phase: str, patience: int) -> list:
@@ -210,6 +343,7 @@ TRAINING_KEYS = (
     "dropout",
     "label_smoothing",
     "views",
+    "tray_augmentation",
     "small_label_photos",
     "small_label_views",
     "min_label_photos",
@@ -294,6 +428,7 @@ def train_cached(model, split: Split, labels: list[str], settings: TrainSettings
         views.tolist(),
         settings.seed,
         [p.sha256 for p in split.photos],
+        AUGMENTATION_VERSION if settings.tray_augmentation else 1,
     )
     files = [split.file(p) for p in split.photos]
     shas = [p.sha256 for p in split.photos]
@@ -302,6 +437,7 @@ def train_cached(model, split: Split, labels: list[str], settings: TrainSettings
         cut_layer_name(model, settings.tail_blocks),
         spec.to_dict(),
         weights_digest(front),
+        AUGMENTATION_VERSION if settings.tray_augmentation else 1,
     )
     reuse = sorted(Path(settings.base_run, "cache").glob("*")) if settings.base_run else []
     timing: dict[str, float] = {}
@@ -313,7 +449,7 @@ def train_cached(model, split: Split, labels: list[str], settings: TrainSettings
             out / "cache" / key,
             views,
             settings.batch_size,
-            augmentation(settings.seed),
+            augmentation(settings.seed, settings.tray_augmentation),
             shas,
             front_key,
             reuse,
@@ -333,20 +469,17 @@ def train_cached(model, split: Split, labels: list[str], settings: TrainSettings
         fit: dict = {}
         if not phase_file(out, "head").exists():
             # Phase 1 sees every cached view of every training photo once per epoch, pooled.
-            if settings.tail_blocks == 0:
-                pooled = acts
-            else:
-                cut = model.get_layer(cut_layer_name(model, settings.tail_blocks)).output
-                pooled = keras.Model(cut, pool).predict(acts, batch_size=256, verbose=0)
+            cut = cut_layer_name(model, settings.tail_blocks)
             pairs = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in train])
             y_train = np.repeat(y[train], views[train])
             w_train = np.repeat(weights[train], views[train])
+            val_pooled = pooled_features(model, cut, acts, first_view[rows["val"]])
             fit = {
-                "x": pooled[pairs],
+                "x": pooled_features(model, cut, acts, pairs),
                 "y": y_train,
                 "sample_weight": w_train
                 * label_weights(y_train, len(labels), settings.class_weighting)[y_train],
-                "validation_data": (pooled[first_view[rows["val"]]], y[rows["val"]]),
+                "validation_data": (val_pooled, y[rows["val"]]),
             }
         run_phase(
             model,
@@ -381,24 +514,6 @@ def train_cached(model, split: Split, labels: list[str], settings: TrainSettings
     return timing
 
 
-def augmentation(seed: int):
-    """What a bin camera varies: position, angle, scale, light, colour, focus."""
-    layers = keras.layers
-    return keras.Sequential(
-        [
-            layers.RandomFlip("horizontal_and_vertical", seed=seed),
-            layers.RandomRotation(0.1, fill_mode="reflect", seed=seed),
-            layers.RandomZoom((-0.2, 0.1), fill_mode="reflect", seed=seed),
-            layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed),
-            layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed),
-            layers.RandomContrast(0.2, value_range=(0, 255), seed=seed),
-            layers.RandomSaturation((0.3, 0.7), value_range=(0, 255), seed=seed),
-            layers.RandomGaussianBlur(factor=0.3, value_range=(0, 255), seed=seed),
-        ],
-        name="augment",
-    )
-
-
 def train_full(model, split: Split, labels: list[str], settings: TrainSettings, out: Path):
     """The workstation path: photos through tf.data with full augmentation, two phases."""
     import tensorflow as tf
@@ -422,7 +537,7 @@ def train_full(model, split: Split, labels: list[str], settings: TrainSettings, 
     train_pixels = pixels["train"][np.repeat(np.arange(len(rows["train"])), repeats[rows["train"]])]
     w = label_weights(y[train], len(labels), settings.class_weighting)[y[train]]
     w = w * photo_weights(split, settings.field_weight)[train]
-    augment = augmentation(settings.seed)
+    augment = augmentation(settings.seed, settings.tray_augmentation)
     train_ds = (
         tf.data.Dataset.from_tensor_slices((train_pixels, y[train], w))
         .shuffle(4096, seed=settings.seed)
@@ -469,10 +584,66 @@ def distribution_strategy(mode: str):
     return tf.distribute.get_strategy()
 
 
+def fit_calibration(
+    classifier: Classifier, split: Split, labels: list[str], taxonomy: Taxonomy, settings: TrainSettings
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The temperature of the int8 model, fitted on its own val probabilities (as the bin computes them).
+
+    Returns model.json's ``calibration`` block and the val scores before and after (for the report).
+    Fitted on val, never on test, so the test figures stay an honest measure of it.
+    """
+    spec = InputSpec(settings.image_size, settings.image_size)
+    val = split.subset("val")
+    probs = []
+    with tqdm(total=len(val), desc="fitting the temperature on val", unit="photo", dynamic_ncols=True) as bar:
+        for pixels in prepared_batches([split.file(p) for p in val], spec, 64):
+            probs.append(predict_int8(classifier, pixels, bar.update, uncalibrated=True))
+    raw = np.concatenate(probs)
+    truth = [p.label for p in val]
+    true_idx = np.array([labels.index(label) for label in truth])
+    # rounded first: the T written to model.json is the T every figure below is computed with
+    temperature = round(fit_temperature(raw, true_idx), 4)
+    if not T_RANGE[0] * 1.01 < temperature < T_RANGE[1] * 0.99:
+        log.warning(
+            "the temperature %.4g is at the edge of its search range %s: %d val photos are too few "
+            "(or all right) to calibrate on",
+            temperature,
+            T_RANGE,
+            len(val),
+        )
+    scores = {
+        "before": calibration_scores(raw, truth, labels, taxonomy),
+        "after": calibration_scores(calibrated(raw, temperature), truth, labels, taxonomy),
+    }
+    block = {
+        "temperature": temperature,
+        "method": "temperature scaling of the int8 model's probabilities: softmax(log(p) / temperature)",
+        "fitted_on": "val",
+        "photos": len(val),
+        "ece_bins": ECE_BINS,
+        "val_ece": {
+            level: {when: round(scores[when][level]["ece"], 5) for when in ("before", "after")}
+            for level in ("item", "bin")
+        },
+        "val_nll": {
+            "before": round(negative_log_likelihood(raw, true_idx), 5),
+            "after": round(negative_log_likelihood(raw, true_idx, temperature), 5),
+        },
+    }
+    log.info(
+        "temperature %.4g fitted on %d val photos: item ECE %.4f -> %.4f",
+        temperature,
+        len(val),
+        block["val_ece"]["item"]["before"],
+        block["val_ece"]["item"]["after"],
+    )
+    return block, scores
+
+
 def evaluate(
     model, bundle_dir: Path, split: Split, labels: list[str], taxonomy: Taxonomy, settings: TrainSettings
 ) -> dict[str, Any]:
-    """Float Keras and int8 LiteRT on the same prepared test photos."""
+    """Float Keras and int8 LiteRT on the same prepared test photos, both at the bundle's temperature."""
     import tensorflow as tf
 
     spec = InputSpec(settings.image_size, settings.image_size)
@@ -480,17 +651,35 @@ def evaluate(
     true = np.array([labels.index(p.label) for p in test])
     classifier = Classifier(load_bundle(bundle_dir, taxonomy), threads=settings.threads)
     call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    float_probs, int8_probs = [], []
+    float_raw, int8_raw = [], []
     with tqdm(total=len(test), desc="testing float and int8", unit="photo", dynamic_ncols=True) as bar:
         for pixels in prepared_batches([split.file(p) for p in test], spec, 64):
-            float_probs.append(call(tf.constant(pixels, tf.float32)).numpy())
-            int8_probs.append(predict_int8(classifier, pixels, bar.update))
-    float_probs, int8_probs = np.concatenate(float_probs), np.concatenate(int8_probs)
+            float_raw.append(call(tf.constant(pixels, tf.float32)).numpy())
+            int8_raw.append(predict_int8(classifier, pixels, bar.update, uncalibrated=True))
+    float_raw, int8_raw = np.concatenate(float_raw), np.concatenate(int8_raw)
+    # int8 as the bin computes it; float at the same temperature, so that the two compare
+    float_probs, int8_probs = calibrated(float_raw, classifier.temperature), classifier.calibrate(int8_raw)
 
-    np.savez_compressed(bundle_dir.parent / "test_predictions.npz", float=float_probs, int8=int8_probs)
+    np.savez_compressed(
+        bundle_dir.parent / "test_predictions.npz",
+        float=float_probs,
+        int8=int8_probs,
+        float_uncalibrated=float_raw,
+        int8_uncalibrated=int8_raw,
+    )
 
     truth = [p.label for p in test]
     result: dict[str, Any] = {"split": "test", "n": len(test), "runtime": classifier.runtime}
+    result["calibration"] = {
+        "temperature": classifier.temperature,
+        "test": {
+            name: {
+                "before": calibration_scores(raw, truth, labels, taxonomy),
+                "after": calibration_scores(probs, truth, labels, taxonomy),
+            }
+            for name, raw, probs in (("float", float_raw, float_probs), ("int8", int8_raw, int8_probs))
+        },
+    }
     for name, probs in (("float", float_probs), ("int8", int8_probs)):
         result[name] = score_predictions(probs, truth, labels, taxonomy)
     result["parity"] = parity(float_probs, int8_probs, true)
@@ -507,6 +696,18 @@ def evaluate(
             },
         }
     return result
+
+
+def preview_augmentation(split: Split, settings: TrainSettings, path: Path, photos: int = 6) -> None:
+    """A few training photos beside augmented copies of them: what the model is shown, to look at."""
+    if path.exists():
+        return
+    train = split.subset("train")
+    chosen = train[:: max(1, len(train) // photos)][:photos]
+    spec = InputSpec(settings.image_size, settings.image_size)
+    pixels = load_prepared([split.file(p) for p in chosen], spec)
+    preview(pixels, path, settings.seed, tray=settings.tray_augmentation)
+    log.info("augmented copies of %d training photos: %s", len(chosen), path)
 
 
 def check_labels(folders: list[str], taxonomy: Taxonomy, taxonomy_file: str) -> Taxonomy:
@@ -598,6 +799,7 @@ def run(settings: TrainSettings) -> Path:
             )
     export_subset(split, "test", out / "test_split")
     log.info("split: %s", {s: sum(c.values()) for s, c in split.counts().items()})
+    preview_augmentation(split, settings, out / "augmented_views.png")
 
     keras.utils.set_random_seed(settings.seed)
     strategy = distribution_strategy(settings.mode)
@@ -631,16 +833,24 @@ def run(settings: TrainSettings) -> Path:
         tools=tool_versions(),
     )
     candidate = out / "int8-candidate"
-    write_bundle(candidate, tflite, meta)
-    cls = Classifier(load_bundle(candidate))
+    write_bundle(candidate, tflite, meta)  # no calibration block yet: its classifier gives the model's own
+    cls = Classifier(load_bundle(candidate), threads=settings.threads)
     details = cls.interpreter.get_input_details()[0], cls.interpreter.get_output_details()[0]
     meta["input"]["quantization"] = dict(zip(("scale", "zero_point"), map(float, details[0]["quantization"])))
     meta["output"]["quantization"] = dict(
         zip(("scale", "zero_point"), map(float, details[1]["quantization"]))
     )
+    with stage(out, timing, "temperature_s"):
+        meta["calibration"], val_scores = fit_calibration(cls, split, labels, taxonomy, settings)
+    write_bundle(candidate, tflite, meta)
 
     with stage(out, timing, "evaluate_s"):
         result = evaluate(model, candidate, split, labels, taxonomy, settings)
+    result["calibration"] = {
+        **{k: v for k, v in meta["calibration"].items() if k not in ("val_ece", "val_nll")},
+        **result["calibration"],
+        "val": {"int8": val_scores},
+    }
     timing["total_s"] = sum(v for k, v in timing.items() if k.endswith("_s"))
     meta["metrics"] = report.bundle_metrics(result)
 

@@ -41,6 +41,18 @@ def real_photos(label: str, n: int, source: Path = GARBAGE12) -> list[Path]:
     return sorted((source / label).iterdir())[:n]
 
 
+def shipped_bundle_with(folder: Path, **meta) -> Path:
+    """A copy of the shipped bundle in ``folder``, its model.json with ``meta`` set (json writes NaN too)."""
+    import json
+    import shutil
+
+    copy = Path(shutil.copytree(SHIPPED, folder / "bundle"))
+    data = json.loads((copy / "model.json").read_text())
+    data.update(meta)
+    (copy / "model.json").write_text(json.dumps(data))
+    return copy
+
+
 def make_photo_folder(root: Path, per_class: int, classes=TINY_CLASSES, source: Path = GARBAGE12) -> Path:
     """A labelled folder of real photos (symlinks into ../shared, nothing copied into the repo)."""
     for label in classes:

@@ -54,7 +54,7 @@ def test_colour_cast_and_jpeg_stay_in_range_and_keep_the_shape():
     for layer in (ColourCast(seed=0), JpegQuality(seed=0)):
         out = np.asarray(layer(photo, training=True))
         assert out.shape == photo.shape
-        assert 0 <= out.min() and out.max() <= 255
+        assert out.min() >= 0 and out.max() <= 255
 
 
 def test_the_pipeline_runs_in_tf_data_as_the_full_mode_uses_it():
@@ -71,3 +71,18 @@ def test_the_pipeline_runs_in_tf_data_as_the_full_mode_uses_it():
 def test_the_preview_is_a_picture(tmp_path):
     path = preview(studio_photo().astype(np.uint8), tmp_path / "views.png", copies=2)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_tray_the_pipeline_is_the_shipped_models_recipe():
+    names = [type(layer).__name__ for layer in augmentation(0, tray=False).layers]
+    assert names == [
+        "RandomFlip",
+        "RandomRotation",
+        "RandomZoom",
+        "RandomTranslation",
+        "RandomBrightness",
+        "RandomContrast",
+        "RandomSaturation",
+        "RandomGaussianBlur",
+    ]
+    assert {"TrayScene", "ColourCast", "JpegQuality"} <= {type(x).__name__ for x in augmentation(0).layers}

@@ -85,3 +85,47 @@ def test_training(tmp_path):
         "fine-tune epoch",
         "head epoch",
     ]
+
+
+@needs_data
+@needs_weights
+def test_leave_one_collection_out_never_trains_on_the_folder_it_scores(tmp_path):
+    runs = tmp_path / "runs"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "loco.py"),
+            "--quick",
+            "--out",
+            str(tmp_path),
+            "--runs",
+            str(runs),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "loco.json").read_text())
+    present = [
+        name for name in ("garbage12", "garbage26cn", "trashnet-trash") if (GARBAGE12.parent / name).is_dir()
+    ]
+    assert [r["left_out"] for r in data["rows"]] == present
+    for row in data["rows"]:
+        assert row["photos"] > 0 and 0 <= row["bin_accuracy"] <= 1
+        split = json.loads((runs / "tiny" / f"without-{row['left_out']}" / "split.json").read_text())
+        trained_on = {s.rstrip("/").rsplit("/", 1)[-1] for s in split["sources"]}
+        assert row["left_out"] not in trained_on and trained_on
+
+
+@needs_data
+@needs_weights
+def test_finetune_depth(tmp_path):
+    data = bench("finetune_depth", tmp_path)
+    depths = [d["tail_blocks"] for d in data["depths"]]
+    assert depths == sorted(depths) and len(depths) >= 2
+    weights = [d["trainable_weights"] for d in data["depths"]]
+    assert weights == sorted(weights)  # a deeper cut trains more of the network
+    for d in data["depths"]:
+        assert d["cache_gb"] > 0 and d["projected"]["total_s"] > d["projected"]["cache_s"] > 0

@@ -523,3 +523,32 @@ def test_a_config_is_set_and_read_the_same_under_a_non_utf8_locale(tmp_path):
     assert done.returncode == 0, done.stderr
     assert bytes.fromhex(done.stdout.strip()).decode("utf-8") == "küche-1 bin-ü"
     assert p.read_text(encoding="utf-8").startswith("# Küche, 2. Stock\n")
+
+
+MICRO_MAESTRO = "/dev/serial/by-id/usb-Pololu_Corporation_Pololu_Micro_Maestro_6-Servo_Controller_1-if00"
+
+
+@pytest.mark.parametrize(
+    "servo, words",
+    [
+        ({"protocol": "line", "interlock": "D9"}, ["servo.interlock = 'D9'", "D3, D4, D5, D6, D7, D8"]),
+        ({"protocol": "line", "interlock": 4}, ["servo.interlock = 4", "not an input pin"]),
+        ({"interlock": "D3"}, ["servo.interlock = 'D3' is not a Maestro channel", "configured as an input"]),
+        ({"interlock": 0, "channel": 0}, ["servo's own channel", "another channel"]),
+        ({"interlock": 7, "port": MICRO_MAESTRO}, ["has channels 0 to 5", "name one of its channels 0 to 5"]),
+        ({"interlock": 30}, ["servo.interlock = 30", "0 to 23"]),
+        ({"interlock_stop": "brake"}, ["servo.interlock_stop = 'brake'", "home or hold"]),
+    ],
+)
+def test_an_interlock_input_the_controller_does_not_have_is_refused_at_start_with_the_fix(servo, words):
+    with pytest.raises(SmartbinError) as refused:
+        parse_config({"servo": servo})
+    text = f"{refused.value.problem} {refused.value.fix}"
+    assert all(w in text for w in words), text
+
+
+def test_the_interlock_is_off_by_default_and_takes_a_pin_or_a_channel():
+    assert Config().servo.interlock is None and Config().servo.interlock_stop == "home"
+    assert parse_config({"servo": {"protocol": "line", "interlock": "d5"}}).servo.interlock == "D5"
+    servo = parse_config({"servo": {"interlock": "5", "port": MICRO_MAESTRO, "interlock_stop": "hold"}}).servo
+    assert (servo.interlock, servo.interlock_stop) == (5, "hold")

@@ -1,8 +1,11 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.model.decision import bin_probabilities, decide
-from edge.model.taxonomy import parse_taxonomy
+from edge.model.taxonomy import load_taxonomy, parse_taxonomy
+from edge.paths import TAXONOMIES
 
 TAX = parse_taxonomy(
     {
@@ -178,3 +181,74 @@ def test_threshold_boundary_is_not_uncertain(p):
     assert not d.uncertain and d.bin == "recyclable"
     d = decide(p, LABELS, TAX, threshold=0.7501)
     assert d.uncertain and d.bin == "other"
+
+
+# Costs that price both harms: a hazardous item in any other bin costs A, any other item in the hazardous
+# bin costs B (a can there contaminates the costliest stream), every other mistake 1. Between hazardous
+# and one other bin, hazardous wins above B / (A + B) = 40%.
+A, B = 3.0, 2.0
+REAL = ["drink-can", "battery", "paper", "banana-peel", "trash"]
+NOT_HAZARDOUS = ["recyclable", "kitchen", "other"]
+
+
+def priced(a: float = A, b: float = B):
+    shipped = load_taxonomy(TAXONOMIES / "cn-4bin.yaml")
+    costs = {
+        t: {
+            c: 0.0 if t == c else a if t == "hazardous" else b if c == "hazardous" else 1.0
+            for c in shipped.bin_ids
+        }
+        for t in shipped.bin_ids
+    }
+    return parse_taxonomy({**shipped.to_dict(), "costs": costs})
+
+
+PRICED = priced()
+
+
+def real(**kw):
+    return np.array([kw.get(label.replace("-", "_"), 0.0) for label in REAL], dtype=np.float32)
+
+
+@pytest.mark.parametrize("battery", [0.25, 0.3, 0.39])
+def test_a_can_that_is_partly_battery_stays_out_of_a_priced_hazardous_bin(battery):
+    d = decide(real(battery=battery, drink_can=1 - battery), REAL, PRICED, threshold=0.0)
+    assert d.bin == "recyclable" and not d.cost_rule
+
+
+def test_a_battery_past_the_break_even_goes_to_hazardous():
+    d = decide(real(battery=0.45, drink_can=0.55), REAL, PRICED, threshold=0.0)
+    assert d.bin == "hazardous" and d.cost_rule and d.most_probable_bin == "recyclable"
+    d = decide(real(battery=0.6, drink_can=0.4), REAL, PRICED, threshold=0.0)
+    assert d.bin == "hazardous" and not d.cost_rule
+
+
+def test_pricing_only_the_hazardous_miss_tips_a_30_percent_can_into_hazardous():
+    """The old costs (the hazardous row only): what the price on the hazardous column prevents."""
+    d = decide(real(battery=0.3, drink_can=0.7), REAL, priced(b=1.0), threshold=0.0)
+    assert d.bin == "hazardous"
+
+
+def test_an_uncertain_item_whose_most_probable_bin_is_hazardous_goes_to_the_fallback_bin():
+    # below the threshold on its most probable bin, and the costs did not move it: default_bin (other).
+    # This is why the threshold must be chosen with the costs: a high one sends hazardous items to other.
+    d = decide(real(battery=0.6, drink_can=0.4), REAL, PRICED, threshold=0.65)
+    assert d.uncertain and not d.cost_rule and d.bin == PRICED.default_bin == "other"
+
+
+@settings(max_examples=300, deadline=None)
+@given(p=st.floats(0.0, 1.0), other=st.sampled_from(["drink-can", "banana-peel", "trash"]))
+def test_two_bins_hazardous_exactly_past_the_break_even(p, other):
+    """Hazardous and one other bin: hazardous exactly when p_haz * A > (1 - p_haz) * B; on an exact tie
+    the bin listed first wins."""
+    probs = np.zeros(len(REAL), dtype=np.float32)
+    probs[REAL.index("battery")] = p
+    probs[REAL.index(other)] += 1 - p
+    d = decide(probs, REAL, PRICED, threshold=0.0)
+    c = PRICED.bin_of(other)
+    a, b = PRICED.cost("hazardous", c), PRICED.cost(c, "hazardous")
+    p_haz, p_other = d.bin_probs["hazardous"], d.bin_probs[c]
+    first = PRICED.bin_ids.index("hazardous") < PRICED.bin_ids.index(c)
+    wins = p_haz * a > p_other * b or (p_haz * a == p_other * b and first)
+    assert (d.bin == "hazardous") == wins
+    assert d.bin in ("hazardous", c)

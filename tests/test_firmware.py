@@ -48,7 +48,7 @@ def test_emulator_and_spec_match_the_firmware():
     spec = (REPO / "docs" / "line-protocol.md").read_text()
     assert f"{LineEmulator.MIN_US}..{LineEmulator.MAX_US}" in spec
     assert f"at most {define('LINE_MAX')} characters" in spec
-    for code in range(1, 7):
+    for code in range(1, 9):
         assert re.search(rf"reply_error\({code}|log_error\({code}\)", SOURCE), code
         assert f"| {code} |" in spec
 
@@ -66,8 +66,28 @@ class SimulatedBoard:
 
     def press_button(self, hold_ms: int = 100) -> None:
         """Pin D2 pulled to ground for ``hold_ms`` of simulated time."""
-        self.sim.stdin.write(f"PRESS {hold_ms}\n")
+        self.tell(f"PRESS {hold_ms}")
+
+    def tell(self, line: str) -> None:
+        self.sim.stdin.write(line + "\n")
         self.sim.stdin.flush()
+
+    def lid(self, open: bool) -> None:
+        """The interlock switch on pin D3: open (high), or closed (pulled to GND)."""
+        self.tell("LID OPEN" if open else "LID CLOSED")
+
+    def open_lid_at(self, us: int) -> None:
+        """Open the switch the moment channel 0's pulse reaches ``us`` (a move under way)."""
+        self.tell(f"OPEN_AT {us}")
+
+    def pulse(self) -> tuple[int, bool]:
+        """Channel 0's pulse width as Timer1 sends it on D9 (OCR1A), and whether it is sent at all."""
+        self.tell("PULSE")
+        for line in self.sim.stdout:
+            if line.startswith("PULSE "):
+                _, us, on = line.split()
+                return int(us), on == "1"
+        raise AssertionError("the simulator ended")
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +211,91 @@ def test_a_long_press_is_its_own_event(simulated_board):
         time.sleep(0.05)
     assert events == ["BUTTON"]
     controller.close()
+
+
+def lid_events(controller, want: list[str], within_s: float = 10.0) -> list[str]:
+    import time
+
+    deadline, seen = time.monotonic() + within_s, []
+    while len(seen) < len(want) and time.monotonic() < deadline:
+        seen += [e for e in controller.events() if e.startswith("LID_")]
+        time.sleep(0.02)
+    return seen
+
+
+@pytest.fixture()
+def guarded(simulated_board):
+    """The real driver on the simulated board, lid closed, interlock on D3 off again afterwards."""
+    from edge.servo.line import LineController
+    from edge.servo.link import Link
+
+    simulated_board.lid(open=False)
+    controller = LineController(Link(simulated_board.port, 115200, 0.5))
+    controller.wait_ready(3.0)
+    controller.request("LID OFF")
+    controller.move(0, 1000, 1.0)
+    controller.events()
+    yield controller
+    simulated_board.lid(open=False)
+    controller.request("LID OFF")
+    controller.close()
+
+
+@needs_simavr
+def test_the_interlock_is_off_until_asked_and_refuses_a_move_while_the_lid_is_open(simulated_board, guarded):
+    from edge.servo.link import LidOpen
+
+    assert guarded.request("LID?") == ["LID", "OFF"]
+    simulated_board.lid(open=True)  # off: today's firmware, the switch means nothing
+    guarded.move(0, 1100, 1.0)
+    assert guarded.lid() is None and guarded.events() == []
+    assert guarded.enable_interlock("D3", 0, 1000) is True
+    with pytest.raises(LidOpen, match="lid open"):
+        guarded.move(0, 1700, 1.0)
+    with pytest.raises(LidOpen, match="8 lid open"):  # the firmware's own check, not only the host's
+        guarded.request("MOVE 0 1700")
+    assert guarded.request("POS 0") == ["0", "1100"] and simulated_board.pulse() == (1100, True)
+    simulated_board.lid(open=False)
+    assert lid_events(guarded, ["LID_CLOSED"]) == ["LID_CLOSED"]
+    guarded.move(0, 1700, 2.0)  # ramps, and is confirmed once POS reads the target
+    assert simulated_board.pulse() == (1700, True)
+    simulated_board.lid(open=True)
+    assert lid_events(guarded, ["LID_OPEN"]) == ["LID_OPEN"]  # one debounced event per change
+    assert guarded.lid() is True
+
+
+@needs_simavr
+@pytest.mark.parametrize("stop", ["home", "hold"])
+def test_a_move_under_way_is_stopped_when_the_lid_opens(simulated_board, guarded, stop):
+    import time
+
+    from edge.servo.link import LidOpen
+
+    guarded.enable_interlock("D3", 0, 1000 if stop == "home" else None)
+    simulated_board.open_lid_at(1400)
+    with pytest.raises(LidOpen, match="lid opened during the move to 2000"):
+        guarded.move(0, 2000, 3.0)
+    time.sleep(0.5)  # whatever it does next, it has done it by now
+    us, _ = simulated_board.pulse()
+    if stop == "home":
+        assert us == 1000  # back at the tray level
+    else:
+        assert 1400 <= us < 1600  # stopped a debounce past where the lid opened
+        time.sleep(0.3)
+        assert simulated_board.pulse()[0] == us  # and stays there (detached HOLD_MS later, as ever)
+    assert guarded.request("POS 0") == ["0", str(us)]
+    with pytest.raises(LidOpen):
+        guarded.request("MOVE 0 2000")
+    simulated_board.lid(open=False)
+    assert lid_events(guarded, ["LID_OPEN", "LID_CLOSED"]) == ["LID_OPEN", "LID_CLOSED"]
+    guarded.move(0, 2000, 3.0)  # closed again: the move goes through
+    assert simulated_board.pulse() == (2000, True)
+
+
+@needs_simavr
+def test_an_interlock_pin_the_firmware_does_not_have_is_refused(guarded):
+    from edge.servo.link import ActuatorFault
+
+    with pytest.raises(ActuatorFault, match="7 no input pin D9"):
+        guarded.enable_interlock("D9", 0, None)
+    assert guarded.request("LID?") == ["LID", "OFF"]

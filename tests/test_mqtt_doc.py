@@ -39,6 +39,7 @@ def test_the_page_shows_every_payload_kind():
         "count",
         "fill",
         "fill-event",
+        "held",
         "reply",
         "reply-refused",
     }

@@ -502,9 +502,9 @@ def test_commands_reach_the_bin_at_qos_1(live):
 def test_home_assistant_discovery_and_reannounce(live):
     broker, telemetry, ledger, sub, sorts = live
     ha = Subscriber(broker.port, "homeassistant/#", client_id="ha")
-    wait_for(lambda: len(ha.messages) >= len(BINS) + 3, what="discovery documents")
+    wait_for(lambda: len(ha.messages) >= len(BINS) + 4, what="discovery documents")
     docs = {t: json.loads(p) for t, p, _ in ha.messages}
-    assert len(docs) == len(BINS) + 3
+    assert len(docs) == len(BINS) + 4
     for topic, doc in docs.items():
         assert topic.startswith("homeassistant/") and topic.endswith("/config")
         for key in ("name", "unique_id", "state_topic", "availability_topic", "device"):

@@ -66,6 +66,50 @@ def test_run_writes_a_verified_bundle_and_the_report(tiny_run):
     assert (tiny_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_run_fits_the_temperature_on_val_and_reports_calibration(tiny_run):
+    """T is fitted on the int8 val probabilities, shipped in model.json and applied to both test scores."""
+    from edge.model.calibration import calibrated, calibration_scores
+
+    bundle = load_bundle(tiny_run / "bundle")
+    block = bundle.meta["calibration"]
+    t = block["temperature"]
+    assert bundle.calibrated and bundle.temperature == t and 0.05 <= t <= 20
+    assert block["fitted_on"] == "val" and block["photos"] == len(
+        Split.load(tiny_run / "split.json").subset("val")
+    )
+    for level in ("item", "bin"):
+        assert set(block["val_ece"][level]) == {"before", "after"}
+    assert block["val_nll"]["after"] <= block["val_nll"]["before"] + 1e-4  # T = 1 was in the search
+    cal = json.loads((tiny_run / "report.json").read_text())["result"]["calibration"]
+    assert cal["temperature"] == t and cal["val"]["int8"]["after"]["item"]["ece"] == pytest.approx(
+        block["val_ece"]["item"]["after"], abs=1e-5
+    )
+    # the test figures are the shipped model's: int8 through the calibrated classifier, float at the same T
+    saved = np.load(tiny_run / "test_predictions.npz")
+    np.testing.assert_array_equal(saved["int8"], calibrated(saved["int8_uncalibrated"], t))
+    np.testing.assert_array_equal(saved["float"], calibrated(saved["float_uncalibrated"], t))
+    test = Split.load(tiny_run / "split.json").subset("test")
+    for kind in ("float", "int8"):
+        again = calibration_scores(saved[kind], [p.label for p in test], bundle.labels, bundle.taxonomy)
+        for level in ("item", "bin"):
+            assert cal["test"][kind]["after"][level]["ece"] == pytest.approx(again[level]["ece"], abs=1e-9)
+            assert sum(r["n"] for r in cal["test"][kind]["after"][level]["reliability"]) == len(test)
+    card = (tiny_run / "bundle" / "MODEL_CARD.md").read_text()
+    assert (
+        "## Calibration" in card
+        and f"T = {t:.4g}" in card
+        and "![reliability diagram](reliability.png)" in card
+    )
+    ece = cal["test"]["int8"]
+    row = " | ".join(f"{100 * ece[w][lv]['ece']:.2f}%" for lv in ("item", "bin") for w in ("before", "after"))
+    assert f"| test | int8 | {len(test)} | {row} |" in card
+    assert (tiny_run / "bundle" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_run_shows_what_the_augmentation_does(tiny_run):
+    assert (tiny_run / "augmented_views.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_report_numbers_are_the_bundle_numbers(tiny_run):
     report = json.loads((tiny_run / "report.json").read_text())
     meta = json.loads((tiny_run / "bundle" / "model.json").read_text())
@@ -349,3 +393,147 @@ def test_a_run_resumes_when_its_taxonomy_is_the_same_file_under_another_path():
     assert old != new and same_setting("taxonomy", old, new)
     assert not same_setting("taxonomy", old, str(REPO / "pyproject.toml"))
     assert not same_setting("batch_size", 64, 32) and same_setting("batch_size", 64, 64)
+
+
+# A resumed run checks that its data folders still hold the photos its split was made from
+
+
+def copied_photos(root: Path, per_class: int = 10) -> Path:
+    """A label folder of real photos copied (not linked into ../shared): the tests change them."""
+    from tests.conftest import TINY_CLASSES, real_photos
+
+    for label in TINY_CLASSES:
+        (root / label).mkdir(parents=True)
+        for photo in real_photos(label, per_class):
+            shutil.copy(photo, root / label / photo.name)
+    return root
+
+
+def add_photo(data: Path) -> None:
+    from tests.conftest import real_photos
+
+    shutil.copy(real_photos("battery", 11)[10], data / "battery" / "new.jpg")
+
+
+def replace_photo(data: Path) -> None:
+    """Another photo under the same name."""
+    from tests.conftest import real_photos
+
+    target = sorted((data / "battery").iterdir())[0]
+    target.write_bytes(real_photos("clothes", 11)[10].read_bytes())
+
+
+def edit_photo(data: Path) -> None:
+    """The same name and size, other bytes, a later time (a photo edited in place)."""
+    import os
+
+    target = sorted((data / "battery").iterdir())[0]
+    content = bytearray(target.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    target.write_bytes(bytes(content))
+    later = target.stat().st_mtime_ns + 10**10
+    os.utime(target, ns=(later, later))
+
+
+def remove_photo(data: Path) -> None:
+    sorted((data / "clothes").iterdir())[0].unlink()
+
+
+def split_once(data: Path, out: Path, preset="tiny"):
+    from host_training.settings import load_settings
+    from host_training.train import prepare_split
+
+    out.mkdir(parents=True, exist_ok=True)
+    settings = load_settings(preset, {"data": [str(data)], "out": str(out)})
+    return settings, prepare_split(settings, out)
+
+
+@pytest.mark.parametrize(
+    ("change", "counts", "example"),
+    [
+        (add_photo, "1 added, 0 removed, 0 changed", "added: photos/battery/new.jpg"),
+        (replace_photo, "0 added, 0 removed, 1 changed", "changed: photos/battery/"),
+        (edit_photo, "0 added, 0 removed, 1 changed", "changed: photos/battery/"),
+        (remove_photo, "0 added, 1 removed, 0 changed", "removed: photos/clothes/"),
+    ],
+)
+def test_a_resumed_run_refuses_photos_changed_since_its_split(tmp_path, capsys, change, counts, example):
+    data, out = copied_photos(tmp_path / "photos"), tmp_path / "run"
+    split_once(data, out)
+    change(data)
+    err = tiny_error(capsys, data, "--out", out)
+    assert f"changed since run folder {out} split them: {counts} (e.g. {example}" in err
+    assert "another --out" in err and "delete split.json" in err
+
+
+def test_a_resumed_run_with_the_same_photos_reuses_its_split(tmp_path, caplog):
+    """Unchanged photos resume; a photo only touched (copied with a new time) is hashed and still the same."""
+    import os
+
+    data, out = copied_photos(tmp_path / "photos"), tmp_path / "run"
+    settings, first = split_once(data, out)
+    touched = sorted((data / "battery").iterdir())[0]
+    later = touched.stat().st_mtime_ns + 10**10
+    os.utime(touched, ns=(later, later))
+    caplog.set_level("INFO")
+    from host_training.train import prepare_split
+
+    assert prepare_split(settings, out).fingerprint() == first.fingerprint()
+    assert "reusing the split" in caplog.text
+    listing = json.loads((out / "split_files.json").read_text())
+    assert [0, f"battery/{touched.name}", "battery", touched.stat().st_size, later] in listing["files"]
+
+
+def test_a_split_written_before_the_file_listing_is_checked_against_its_hashes(tmp_path):
+    """A run folder from before split_files.json: its photos are hashed once, then listed."""
+    from host_training.train import prepare_split
+
+    data, out = copied_photos(tmp_path / "photos"), tmp_path / "run"
+    settings, _ = split_once(data, out, preset=None)
+    (out / "split_files.json").unlink()
+    prepare_split(settings, out)
+    assert (out / "split_files.json").is_file()
+    (out / "split_files.json").unlink()
+    edit_photo(data)
+    add_photo(data)
+    with pytest.raises(
+        SmartbinError, match=r"1 added, 0 removed, 1 changed \(e\.g\. added: photos/battery/new"
+    ):
+        prepare_split(settings, out)
+
+
+def test_a_deeper_cut_trains_and_resumes(tiny_sources, tmp_path, caplog):
+    """Six blocks fine-tuned on the cached activations at block 10, then the same --out again resumes."""
+    out = tmp_path / "deep"
+    args = ("--out", out, "--tail-blocks", "6", "--head-epochs", "1", "--finetune-epochs", "1")
+    caplog.set_level("INFO")
+    assert tiny(tiny_sources, *args) == 0
+    (cache,) = (out / "cache").glob("*/activations.f32")
+    assert np.load(cache, mmap_mode="r").shape[1:] == (6, 6, 96)  # block_10_project_BN at 96 px
+    assert "phase finetune: training" in caplog.text
+    assert "already finished" not in caplog.text
+    caplog.clear()
+    assert tiny(tiny_sources, *args) == 0
+    assert "reusing the split" in caplog.text
+    assert "phase head already finished" in caplog.text and "phase finetune already finished" in caplog.text
+    assert load_bundle(out / "bundle").labels == TINY_LABELS
+
+
+def test_pooled_features_stream_the_cache_in_any_row_order(tmp_path):
+    """The head phase's pooled features of a memory-mapped cache: the rows asked for, in their order."""
+    import keras
+
+    from host_training.features import pooled_features
+    from host_training.model import build_classifier, cut_layer_name
+
+    model = build_classifier(3, WEIGHTS, 96)
+    cut = cut_layer_name(model, 4)
+    shape = (40, *model.get_layer(cut).output.shape[1:])
+    acts = np.lib.format.open_memmap(tmp_path / "acts.npy", mode="w+", dtype=np.float32, shape=shape)
+    acts[:] = np.random.default_rng(0).normal(size=shape)
+    rows = np.array([39, 3, 20, 3, 0])  # out of order, one twice
+    to_pool = keras.Model(model.get_layer(cut).output, model.get_layer("pool").output)
+    want = to_pool.predict(np.asarray(acts[rows]), verbose=0)
+    np.testing.assert_allclose(pooled_features(model, cut, acts, rows, batch_size=2), want, atol=1e-5)
+    assert pooled_features(model, cut, acts).shape == (40, 1280)
+    np.testing.assert_array_equal(pooled_features(model, "pool", want, [4, 0]), want[[4, 0]])

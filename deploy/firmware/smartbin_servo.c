@@ -12,6 +12,11 @@
  * - A push button from pin D2 to GND (internal pull-up), debounced, sends
  *   `EVT BUTTON` between replies when released: "sort what is on the tray
  *   now"; held LONG_PRESS_MS or more, `EVT BUTTON_LONG`: "the bins were emptied".
+ * - An interlock (a lid, door or light-curtain switch from an input pin, D3..D8, to GND; internal
+ *   pull-up, so a cut wire reads open), off until the host sends `LID ON <pin> <ch> <home_us>|HOLD`:
+ *   a MOVE of the guarded channel is refused while it reads open (ERR 8), the channel then ramps to
+ *   its target at LID_SLEW_US_PER_MS, and a ramp under way when it opens is stopped (back to home_us,
+ *   or held where it is). `EVT LID_OPEN` / `EVT LID_CLOSED` on each debounced change.
  *
  * Build: make (needs gcc-avr and avr-libc). Flash: make flash PORT=/dev/ttyUSB0
  */
@@ -39,6 +44,9 @@
 #define MAX_LOGGED_ERRORS 8
 #define DEBOUNCE_MS 30u
 #define LONG_PRESS_MS 2000u
+#ifndef LID_SLEW_US_PER_MS
+#define LID_SLEW_US_PER_MS 2 /* a guarded move ramps 1000 us in 0.5 s */
+#endif
 
 #if (SERVO_MIN_US) < 500 || (SERVO_MAX_US) > 2500 || (SERVO_MIN_US) >= (SERVO_MAX_US)
 #error "servo limits must lie within 500..2500 us"
@@ -54,6 +62,13 @@ static uint32_t moved_at[CHANNELS];
 static uint8_t attached[CHANNELS];
 static uint8_t error_log[MAX_LOGGED_ERRORS];
 static uint8_t error_count;
+static uint16_t target_us[CHANNELS]; /* where a ramp is going; == pulse_us when still */
+
+/* The interlock: off until LID ON. The pin reads high (pull-up) when the switch is open. */
+static uint8_t lid_on, lid_ch, lid_bit, lid_open, lid_last;
+static volatile uint8_t *lid_pin = &PIND; /* or PINB */
+static uint16_t lid_home_us;      /* 0: HOLD */
+static uint32_t lid_changed_at;
 
 ISR(USART_RX_vect) {
     uint8_t status = UCSR0A;
@@ -137,6 +152,14 @@ static void attach(uint8_t ch, uint16_t us) {
     attached[ch] = 1;
 }
 
+static void set_pulse(uint8_t ch, uint16_t us) {
+    pulse_us[ch] = us;
+    if (ch == 0)
+        OCR1A = us * 2;
+    else
+        OCR1B = us * 2;
+}
+
 static void detach(uint8_t ch) {
     if (ch == 0) {
         TCCR1A &= ~(1 << COM1A1);
@@ -156,11 +179,66 @@ static long number(const char *word) {
     return (*end || value < 0) ? -1 : value;
 }
 
+static uint8_t lid_reads_open(void) { return (*lid_pin >> lid_bit) & 1; }
+
+/* LID ON <pin> <ch> <home_us>|HOLD, or LID OFF. Pins D3..D7 (PORTD) and D8 (PB0) are free. */
+static void handle_lid(char **words, uint8_t n) {
+    char out[48];
+    if (n == 2 && !strcmp(words[1], "OFF")) {
+        lid_on = 0;
+        reply("OK LID OFF");
+        return;
+    }
+    if (n != 5 || strcmp(words[1], "ON") || words[2][0] != 'D') {
+        reply_error(2, "bad arguments");
+        return;
+    }
+    long pin = number(words[2] + 1), ch = number(words[3]);
+    long home = strcmp(words[4], "HOLD") ? number(words[4]) : 0;
+    if (pin < 0 || ch < 0 || home < 0) {
+        reply_error(2, "bad arguments");
+        return;
+    }
+    if (pin < 3 || pin > 8) {
+        snprintf(out, sizeof out, "no input pin %.8s", words[2]);
+        reply_error(7, out);
+        return;
+    }
+    if (ch >= CHANNELS) {
+        snprintf(out, sizeof out, "no channel %ld", ch);
+        reply_error(5, out);
+        return;
+    }
+    if (home && (home < SERVO_MIN_US || home > SERVO_MAX_US)) {
+        snprintf(out, sizeof out, "pulse %ld outside %u..%u", home, SERVO_MIN_US, SERVO_MAX_US);
+        reply_error(3, out);
+        return;
+    }
+    if (pin == 8) {
+        lid_pin = &PINB;
+        lid_bit = PB0;
+        DDRB &= ~(1 << PB0);
+        PORTB |= 1 << PB0;
+    } else {
+        lid_pin = &PIND;
+        lid_bit = (uint8_t)pin;
+        DDRD &= ~(1 << pin);
+        PORTD |= 1 << pin; /* pull-up: the closed switch pulls the pin to GND; a cut wire reads open */
+    }
+    __asm__ __volatile__("nop\n\tnop\n\tnop"); /* let the pull-up reach the synchroniser */
+    lid_ch = (uint8_t)ch;
+    lid_home_us = (uint16_t)home;
+    lid_open = lid_last = lid_reads_open();
+    lid_changed_at = millis();
+    lid_on = 1;
+    reply("OK LID ON");
+}
+
 static void handle(char *line) {
     char out[48];
-    char *words[4] = {0};
+    char *words[6] = {0};
     uint8_t n = 0;
-    for (char *w = strtok(line, " "); w && n < 4; w = strtok(NULL, " ")) words[n++] = w;
+    for (char *w = strtok(line, " "); w && n < 6; w = strtok(NULL, " ")) words[n++] = w;
     if (n == 0) return;
     const char *cmd = words[0];
 
@@ -175,6 +253,17 @@ static void handle(char *line) {
             len += snprintf(out + len, sizeof out - len, " %u", error_log[i]);
         error_count = 0;
         reply(out);
+        return;
+    }
+    if (!strcmp(cmd, "LID?")) {
+        if (n != 1)
+            reply_error(2, "bad arguments");
+        else
+            reply(!lid_on ? "OK LID OFF" : lid_open ? "OK LID OPEN" : "OK LID CLOSED");
+        return;
+    }
+    if (!strcmp(cmd, "LID")) {
+        handle_lid(words, n);
         return;
     }
     if (strcmp(cmd, "MOVE") && strcmp(cmd, "POS") && strcmp(cmd, "DETACH")) {
@@ -204,14 +293,21 @@ static void handle(char *line) {
             reply_error(3, out);
             return;
         }
-        pulse_us[ch] = (uint16_t)us;
+        uint8_t guarded = lid_on && ch == lid_ch;
+        if (guarded && (lid_open || lid_reads_open())) {
+            reply_error(8, "lid open");
+            return;
+        }
+        target_us[ch] = (uint16_t)us;
+        if (!guarded || !pulse_us[ch]) pulse_us[ch] = (uint16_t)us; /* unguarded, or from nowhere known */
         moved_at[ch] = millis();
-        attach((uint8_t)ch, (uint16_t)us);
+        attach((uint8_t)ch, pulse_us[ch]);
         snprintf(out, sizeof out, "OK %ld %ld", ch, us);
     } else if (!strcmp(cmd, "POS")) {
         snprintf(out, sizeof out, "OK %ld %u", ch, pulse_us[ch]);
     } else {
         detach((uint8_t)ch);
+        target_us[ch] = pulse_us[ch]; /* a ramp under way ends where it is */
         snprintf(out, sizeof out, "OK %ld", ch);
     }
     reply(out);
@@ -233,6 +329,39 @@ static void poll_button(uint32_t t) {
         } else {
             reply(changed_at - pressed_at >= LONG_PRESS_MS ? "EVT BUTTON_LONG" : "EVT BUTTON");
         }
+    }
+}
+
+/* The interlock's level must hold DEBOUNCE_MS before it counts; each change is one event. Opening
+ * stops a ramp of the guarded channel: back to its home, or held where it is. */
+static void poll_lid(uint32_t t) {
+    if (!lid_on) return;
+    uint8_t level = lid_reads_open();
+    if (level != lid_last) {
+        lid_last = level;
+        lid_changed_at = t;
+    } else if (level != lid_open && t - lid_changed_at >= DEBOUNCE_MS) {
+        lid_open = level;
+        if (lid_open && target_us[lid_ch] != pulse_us[lid_ch])
+            target_us[lid_ch] = lid_home_us ? lid_home_us : pulse_us[lid_ch];
+        reply(lid_open ? "EVT LID_OPEN" : "EVT LID_CLOSED");
+    }
+}
+
+/* A guarded move ramps LID_SLEW_US_PER_MS each ms, so that it is under way long enough to stop. */
+static void ramp(uint32_t t) {
+    static uint32_t stepped_at;
+    if (t == stepped_at) return;
+    stepped_at = t;
+    for (uint8_t ch = 0; ch < CHANNELS; ch++) {
+        uint16_t at = pulse_us[ch], to = target_us[ch];
+        if (at == to || !attached[ch]) continue;
+        if (at < to)
+            at = to - at > LID_SLEW_US_PER_MS ? at + LID_SLEW_US_PER_MS : to;
+        else
+            at = at - to > LID_SLEW_US_PER_MS ? at - LID_SLEW_US_PER_MS : to;
+        set_pulse(ch, at);
+        moved_at[ch] = t;
     }
 }
 
@@ -275,6 +404,8 @@ int main(void) {
         }
         uint32_t t = millis();
         poll_button(t);
+        poll_lid(t);
+        ramp(t);
         for (uint8_t ch = 0; ch < CHANNELS; ch++)
             if (attached[ch] && t - moved_at[ch] >= HOLD_MS) detach(ch);
     }

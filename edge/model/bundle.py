@@ -11,11 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge.errors import SmartbinError
+from edge.model.ood import SCORES, OodRule
 from edge.model.preprocess import InputSpec
 from edge.model.taxonomy import Taxonomy, parse_taxonomy
 
@@ -47,6 +49,28 @@ class Bundle:
     @property
     def input_spec(self) -> InputSpec:
         return InputSpec.from_dict(self.meta["input"])
+
+    @property
+    def calibrated(self) -> bool:
+        return "calibration" in self.meta
+
+    @property
+    def temperature(self) -> float:
+        """The softmax temperature fitted by training; 1.0 (as trained) for a bundle made before that."""
+        return float(self.meta["calibration"]["temperature"]) if self.calibrated else 1.0
+
+    @property
+    def calibration_note(self) -> str:
+        """How its probabilities are calibrated, for the lines ``smartbin check`` and ``classify`` print."""
+        if not self.calibrated:
+            return "uncalibrated (bundle made before calibration)"
+        return f"calibrated (T={self.temperature:.3g})"
+
+    @property
+    def ood(self) -> OodRule | None:
+        """The out-of-distribution rule fitted by training (edge/model/ood.py); None: no item is unknown."""
+        block = self.meta.get("ood")
+        return None if block is None else OodRule(str(block["score"]), float(block["threshold"]))
 
 
 def sha256_file(path: Path) -> str:
@@ -120,8 +144,64 @@ def load_bundle(path: str | Path, taxonomy: Taxonomy | None = None, *, verify_sh
             f"model bundle {folder}: labels {missing} are not in taxonomy {active.name!r}",
             "map each of them to a bin under 'items:' (or list them under 'ignore:') in the taxonomy file",
         )
+    lacking = active.never_tip_missing(meta["labels"])
+    if lacking:
+        raise SmartbinError(
+            f"model bundle {folder}: taxonomy {active.name!r} never tips {lacking}, but the model has no "
+            "such label, so it could never hold them",
+            f"use a model trained on photos of {', '.join(lacking)}, or remove them from 'never_tip:' in the "
+            "taxonomy file (keep them as a comment until such a model exists)",
+        )
     InputSpec.from_dict(meta["input"])
+    check_calibration(meta, folder)
+    check_ood(meta, folder)
     return Bundle(folder=folder, meta=meta, taxonomy=active)
+
+
+def check_calibration(meta: dict[str, Any], folder: Path) -> None:
+    """No block is an uncalibrated bundle (made before calibration); a block must hold a usable T."""
+    if "calibration" not in meta:
+        return
+    block = meta["calibration"]
+    value = block.get("temperature") if isinstance(block, dict) else None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and value > 0):
+        got = "missing" if not isinstance(block, dict) or "temperature" not in block else repr(value)
+        raise SmartbinError(
+            f"model bundle {folder}: {META_FILE} calibration.temperature is {got}; it must be a "
+            "positive number (the softmax temperature training fitted)",
+            "export the bundle again with smartbin-train, or copy model.json again, together with "
+            "model.tflite, from the training run",
+        )
+
+
+def check_ood(meta: dict[str, Any], folder: Path) -> None:
+    """No block: no out-of-distribution hold. A block names a known score and a finite threshold."""
+    if "ood" not in meta:
+        return
+    block = meta["ood"]
+    fix = (
+        "export the bundle again with smartbin-train, or copy model.json again, together with "
+        "model.tflite, from the training run; delete the ood block to run without an unknown-item hold"
+    )
+    if not isinstance(block, dict):
+        raise SmartbinError(f"model bundle {folder}: {META_FILE} ood is not an object", fix)
+    name = block.get("score")
+    if name not in SCORES:
+        got = "missing" if "score" not in block else repr(name)
+        raise SmartbinError(
+            f"model bundle {folder}: {META_FILE} ood.score is {got}; this smartbin knows {sorted(SCORES)}",
+            f"update smartbin, or {fix}",
+        )
+    value = block.get("threshold")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and math.isfinite(value)):
+        got = "missing" if "threshold" not in block else repr(value)
+        raise SmartbinError(
+            f"model bundle {folder}: {META_FILE} ood.threshold is {got}; it must be a finite number (the "
+            "score under which an item is unknown, fitted by training)",
+            fix,
+        )
 
 
 def bundle_meta(
@@ -138,7 +218,11 @@ def bundle_meta(
     """``model.json`` as a training run starts it, in the order of its keys in the file.
 
     What is measured later is added by the run: each tensor's ``quantization`` (read back from the
-    converted model) and ``metrics``; :func:`write_bundle` adds the format and the sha256.
+    converted model), ``calibration`` (the softmax temperature fitted on val, see
+    edge/model/calibration.py; optional: a bundle without it is uncalibrated), ``ood`` (the
+    out-of-distribution score and threshold, see edge/model/ood.py; optional: without it no item is
+    unknown) and ``metrics``;
+    :func:`write_bundle` adds the format and the sha256.
     """
     return {
         "model_id": model_id,

@@ -16,6 +16,7 @@ import numpy as np
 from edge.config import ModelConfig
 from edge.errors import SmartbinError
 from edge.model.bundle import Bundle, load_bundle
+from edge.model.calibration import calibrated
 from edge.model.preprocess import dequantize, prepare, quantize
 from edge.model.taxonomy import load_taxonomy
 from edge.paths import DEFAULT_BUNDLE
@@ -63,6 +64,7 @@ class Classifier:
         self.bundle = bundle
         self.labels = bundle.labels
         self.spec = bundle.input_spec
+        self.temperature = bundle.temperature
         self.interpreter, self.runtime = open_interpreter(bundle.model_path, threads)
         inp = self.interpreter.get_input_details()[0]
         out = self.interpreter.get_output_details()[0]
@@ -92,11 +94,20 @@ class Classifier:
         scale, zero_point = self._in_q
         return quantize(pixels, scale, zero_point, self.input_dtype)[np.newaxis]
 
-    def predict_tensor(self, tensor: np.ndarray) -> np.ndarray:
+    def uncalibrated_tensor(self, tensor: np.ndarray) -> np.ndarray:
+        """The model's own (dequantised) probabilities, before the bundle's temperature."""
         self.interpreter.set_tensor(self._in_index, tensor)
         self.interpreter.invoke()
         raw = self.interpreter.get_tensor(self._out_index)[0]
         return dequantize(raw, *self._out_q)
+
+    def calibrate(self, probabilities: np.ndarray) -> np.ndarray:
+        """The bundle's temperature applied: the one place any runtime's output is calibrated."""
+        return calibrated(probabilities, self.temperature)
+
+    def predict_tensor(self, tensor: np.ndarray) -> np.ndarray:
+        """Calibrated item probabilities for a tensor from :meth:`tensor_from_pixels`."""
+        return self.calibrate(self.uncalibrated_tensor(tensor))
 
     def predict(self, frame_bgr: np.ndarray) -> np.ndarray:
         """Item probabilities, in the order of ``self.labels``."""

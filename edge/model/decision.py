@@ -1,8 +1,12 @@
 """Decision: item probabilities -> a bin, with misrouting costs, a threshold and a fallback.
 
+The item named is the most probable concept of the taxonomy (a label in no
+concept is its own): its probability is the sum of its labels', so glass split
+30/30/30 across three glass labels is named ``glass`` at 90%.
+
 A bin's probability is the sum of the probabilities of the items that map to
-it. Labels the taxonomy ignores (``empty``) mean "no item": when one wins, the
-decision is to do nothing; otherwise their mass is left out and the bin
+it. Labels the taxonomy ignores (``empty``) mean "no item": when one (or a
+concept of them) wins, the decision is to do nothing; otherwise their mass is left out and the bin
 probabilities are renormalised.
 
 The bin chosen is the one with the least expected cost under the taxonomy's
@@ -15,25 +19,40 @@ Below ``threshold`` (on the most probable bin's probability) the item is
 uncertain and goes to the fallback bin, unless the costs chose another bin
 than the most probable one: then the costs have already said where an
 uncertain item is safest.
+
+Some things on the tray are not waste. A label (or concept) under the taxonomy's ``never_tip`` that
+wins is **held**: ``bin`` is None, ``held`` says why, and ``override`` whether a second press of the
+sort button (a person checked) may sort it, to ``override_bin`` (the best waste bin of the other
+labels). With the bundle's ``ood`` rule (edge/model/ood.py), a waste item whose score is below its
+threshold is unknown: held (``unknown="hold"``, a second press sends it to the fallback bin) or sent
+to the fallback bin at once (``unknown="fallback"``, marked uncertain). A held decision is not
+``empty``: the tray holds something, it is just not tipped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
+from edge.model.ood import OodRule
 from edge.model.taxonomy import Taxonomy
 
 # From bench/accuracy.py's sweep on the shipped model's validation split (docs/benchmarks.md): the
 # lowest threshold at which the items it lets through reach 99% bin accuracy; 6.7% go to the fallback.
 DEFAULT_THRESHOLD = 0.65
+UNKNOWN_CHOICES = ("hold", "fallback")
+
+
+def unknown_reason(fallback_bin: str) -> str:
+    return f"unknown item: take it back, or press sort again to send it to {fallback_bin}"
 
 
 @dataclass(frozen=True)
 class Decision:
-    item: str
+    item: str  # the most probable concept (a label in no concept is its own concept)
     bin: str | None
     confidence: float
     item_confidence: float
@@ -43,10 +62,15 @@ class Decision:
     frames: int = 1
     most_probable_bin: str | None = None
     cost_rule: bool = False  # the costs chose another bin than the most probable one
+    held: str | None = None  # why the item stays on the tray (never tipped, or unknown); None: not held
+    override: bool = False  # a held item: whether a second press (a person checked) may sort it
+    override_bin: str | None = None  # where that second press sends it
+    ood_score: float | None = None  # the bundle's out-of-distribution score, where it has one
 
     @property
     def empty(self) -> bool:
-        return self.bin is None
+        """Nothing on the tray (an ignored label won). A held item is not empty: it is there, untipped."""
+        return self.bin is None and self.held is None
 
 
 def bin_probabilities(item_probs: np.ndarray, labels: Sequence[str], taxonomy: Taxonomy) -> dict[str, float]:
@@ -57,6 +81,22 @@ def bin_probabilities(item_probs: np.ndarray, labels: Sequence[str], taxonomy: T
             sums[bin_id] += float(p)
     total = sum(sums.values())
     return {b: (p / total if total > 0 else 0.0) for b, p in sums.items()}
+
+
+def concept_probabilities(
+    item_probs: np.ndarray, labels: Sequence[str], taxonomy: Taxonomy
+) -> tuple[list[str], np.ndarray]:
+    """The top-most concepts of ``labels`` (in the order of their first label) and the sum of their labels'
+    probabilities along the last axis. Without concepts, the labels and the probabilities as they are."""
+    names = list(dict.fromkeys(taxonomy.concept_of(label) for label in labels))
+    if len(names) == len(labels):
+        return names, np.asarray(item_probs)
+    index = [names.index(taxonomy.concept_of(label)) for label in labels]
+    probs = np.asarray(item_probs)
+    sums = np.zeros((*probs.shape[:-1], len(names)), dtype=probs.dtype)
+    for i, j in enumerate(index):
+        sums[..., j] += probs[..., i]
+    return names, sums
 
 
 def expected_costs(bin_probs: dict[str, float], taxonomy: Taxonomy) -> dict[str, float]:
@@ -81,26 +121,88 @@ def decide(
     threshold: float = DEFAULT_THRESHOLD,
     fallback_bin: str | None = None,
     top_k: int = 3,
+    ood: OodRule | None = None,
+    unknown: str = "hold",
 ) -> Decision:
-    """Average the frames of one item (the multi-frame vote), then choose its bin.
+    """Average the frames of one item (the multi-frame vote), then name its concept and choose its bin.
 
-    Below ``threshold`` the item is marked uncertain and goes to
-    ``fallback_bin`` (default: the taxonomy's default bin), unless the costs
-    moved it off the most probable bin (see the module's docstring).
+    The item and ``top_items`` are concepts, each with the summed probability of its labels; the bin
+    probabilities are summed over the labels' bins. Below ``threshold`` the item is marked uncertain
+    and goes to ``fallback_bin`` (default: the taxonomy's default bin), unless the costs moved it off
+    the most probable bin (see the module's docstring). A never-tip item that wins is held; a waste
+    item that ``ood`` finds unknown is held or sent to the fallback bin (``unknown``: hold or fallback).
     """
+    if unknown not in UNKNOWN_CHOICES:
+        raise ValueError(f"unknown={unknown!r}: use one of {UNKNOWN_CHOICES}")
     probs = np.atleast_2d(np.asarray(frame_probs, dtype=np.float32))
     mean = probs.mean(axis=0)
-    order = np.argsort(mean)[::-1]
-    top = [(labels[i], float(mean[i])) for i in order[:top_k]]
+    names, concept_mean = concept_probabilities(mean, labels, taxonomy)
+    order = np.argsort(concept_mean)[::-1]
+    top = [(names[i], float(concept_mean[i])) for i in order[:top_k]]
     item, item_conf = top[0]
-    if taxonomy.bin_of(item) is None:
-        return Decision(item, None, item_conf, item_conf, False, {}, top, len(probs))
+    fallback = fallback_bin or taxonomy.default_bin
+    ood_score = None if ood is None else ood.value(mean)
     bins = bin_probabilities(mean, labels, taxonomy)
+    rule = taxonomy.never_tip_rule(item)
+    if rule is not None:
+        # the best waste bin of the other labels, for a person who checked and pressed sort again
+        waste = sum(bins.values()) > 0
+        override_bin = choose_bin(bins, taxonomy) if waste else fallback
+        return Decision(
+            item,
+            None,
+            item_conf,
+            item_conf,
+            False,
+            bins if waste else {},
+            top,
+            len(probs),
+            held=rule.reason,
+            override=rule.override,
+            override_bin=override_bin,
+            ood_score=ood_score,
+        )
+    if taxonomy.bin_of(item) is None:
+        return Decision(item, None, item_conf, item_conf, False, {}, top, len(probs), ood_score=ood_score)
     likeliest = max(bins, key=bins.__getitem__)
     best = choose_bin(bins, taxonomy)
     cost_rule = best != likeliest
+    if ood is not None and ood_score < ood.threshold:
+        unknown_item = Decision(
+            item,
+            fallback,
+            bins[best],
+            item_conf,
+            True,
+            bins,
+            top,
+            len(probs),
+            likeliest,
+            False,
+            ood_score=ood_score,
+        )
+        if unknown == "fallback":
+            return unknown_item
+        return dataclasses.replace(
+            unknown_item,
+            bin=None,
+            cost_rule=cost_rule,
+            held=unknown_reason(fallback),
+            override=True,
+            override_bin=fallback,
+        )
     uncertain = bins[likeliest] < threshold
-    chosen = (fallback_bin or taxonomy.default_bin) if uncertain and not cost_rule else best
+    chosen = fallback if uncertain and not cost_rule else best
     return Decision(
-        item, chosen, bins[best], item_conf, uncertain, bins, top, len(probs), likeliest, cost_rule
+        item,
+        chosen,
+        bins[best],
+        item_conf,
+        uncertain,
+        bins,
+        top,
+        len(probs),
+        likeliest,
+        cost_rule,
+        ood_score=ood_score,
     )

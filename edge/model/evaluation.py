@@ -114,14 +114,22 @@ def score_predictions(
 ) -> dict[str, Any]:
     """Item and bin scores for rows of item probabilities against true labels or bin ids.
 
-    Item scores only when every truth is a model label. Bin scores leave out
-    photos whose truth has no bin (an ``empty`` tray).
+    Item scores only when every truth is a model label; then, when the taxonomy
+    has concepts, concept scores too (the truth label's concept against the
+    concept of the most summed probability, as the decision names it). Bin
+    scores leave out photos whose truth has no bin (an ``empty`` tray).
     """
+    from edge.model.decision import concept_probabilities
+
     labels = list(labels)
     result: dict[str, Any] = {}
     if all(t in labels for t in truth):
         true_items = [labels.index(t) for t in truth]
         result["item"] = scores(confusion_matrix(true_items, probs.argmax(1), len(labels)), labels)
+        if taxonomy.concepts:
+            names, summed = concept_probabilities(np.atleast_2d(probs), labels, taxonomy)
+            true_concepts = [names.index(taxonomy.concept_of(t)) for t in truth]
+            result["concept"] = scores(confusion_matrix(true_concepts, summed.argmax(1), len(names)), names)
     bins = taxonomy.bin_ids
     true_bins = [t if t in bins and t not in labels else taxonomy.bin_of(t) for t in truth]
     keep = [i for i, b in enumerate(true_bins) if b is not None]

@@ -17,7 +17,8 @@ from edge.mqtt.topics import Topics
 def discovery_documents(
     ha_prefix: str, device_id: str, topics: Topics, bins: Sequence[str], fill_bins: Sequence[str] = ()
 ) -> list[tuple[str, dict[str, Any]]]:
-    """A sensor per bin count, the total, the last item, a fault sensor; per bin whose fill is tracked,
+    """A sensor per bin count, the total, the last item, a fault sensor, a held sensor (an item left on
+    the tray, not tipped: not waste, or unknown); per bin whose fill is tracked,
     its fill (%), "nearly full" and "full" binary sensors and an "emptied" button."""
     device = {
         "identifiers": [f"smartbin_{device_id}"],
@@ -74,6 +75,20 @@ def discovery_documents(
                 "state_topic": topics.state,
                 "value_template": "{{ 'ON' if value_json.faults else 'OFF' }}",
                 "device_class": "problem",
+                **common,
+            },
+        ),
+        (
+            f"{ha_prefix}/binary_sensor/{node}/held/config",
+            {
+                "name": "held",
+                "unique_id": f"smartbin_{node}_held",
+                "state_topic": topics.state,
+                "value_template": "{{ 'ON' if value_json.held else 'OFF' }}",
+                "json_attributes_topic": topics.state,
+                "json_attributes_template": "{{ (value_json.held or {}) | tojson }}",
+                "device_class": "problem",
+                "icon": "mdi:hand-back-left",
                 **common,
             },
         ),

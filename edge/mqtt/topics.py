@@ -8,6 +8,7 @@
 | fill/<bin>       | yes      | 1   | JSON: items, capacity, percent, state, emptied_at   |
 | fill_event       | no       | 1   | JSON: a bin nearly full, full, or emptied           |
 | event            | no       | 1   | JSON per sorted item                                |
+| held             | no       | 1   | JSON per item left on the tray, not tipped          |
 | cmd/<name>       | no       | 1   | commands in (``edge.mqtt.commands``)                |
 | reply            | no       | 1   | one JSON reply per command                          |
 """
@@ -26,6 +27,7 @@ class Topics:
         self.commands = f"{self.prefix}/cmd/+"
         self.reply = f"{self.prefix}/reply"
         self.fill_event = f"{self.prefix}/fill_event"
+        self.held = f"{self.prefix}/held"
 
     def count(self, bin_id: str) -> str:
         return f"{self.prefix}/count/{bin_id}"
@@ -42,4 +44,6 @@ class Topics:
             return self.count(row.key), True
         if row.kind == "fill_event":
             return self.fill_event, False
+        if row.kind == "held":
+            return self.held, False
         return self.event, False

@@ -42,7 +42,7 @@ def check_model(config: Config) -> list[Result]:
             "model",
             True,
             f"{classifier.bundle.model_id} runs on {classifier.runtime} ({len(classifier.labels)} items, "
-            f"taxonomy {classifier.bundle.taxonomy.name})",
+            f"taxonomy {classifier.bundle.taxonomy.name}), {classifier.bundle.calibration_note}",
         )
     ]
 

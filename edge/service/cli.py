@@ -295,8 +295,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     skipped = 0
     if not args.json:
         print(
-            f"model {bundle.model_id} ({classifier.runtime}), taxonomy {bundle.taxonomy.name}, "
-            f"threshold {threshold:.2f}"
+            f"model {bundle.model_id} ({classifier.runtime}), {bundle.calibration_note}, "
+            f"taxonomy {bundle.taxonomy.name}, threshold {threshold:.2f}"
         )
         print(f"{'photo':<40} {'item':<14} {'bin':<11} {'conf':>6}  top-{top_k}")
     for path in expand_paths(args.paths):
@@ -313,6 +313,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
             threshold,
             config.model.fallback_bin,
             top_k,
+            bundle.ood,
+            config.sorting.unknown,
         )
         if args.json:
             print(
@@ -321,6 +323,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
                         "path": str(path),
                         "item": d.item,
                         "bin": d.bin,
+                        "held": d.held,  # why it would stay on the tray (never tipped, unknown), or null
                         "confidence": round(d.confidence, 4),
                         "item_confidence": round(d.item_confidence, 4),
                         "uncertain": d.uncertain,
@@ -332,9 +335,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
             )
         else:
             shown = str(path) if len(str(path)) <= 40 else "…" + str(path)[-39:]
-            mark = "?" if d.uncertain else ""
+            mark = "?" if d.uncertain and d.held is None else ""
             top = ", ".join(f"{k} {v:.0%}" for k, v in d.top_items)
-            print(f"{shown:<40} {d.item:<14} {str(d.bin) + mark:<11} {d.confidence:6.1%}  {top}")
+            where = "held" if d.held is not None else str(d.bin) + mark
+            print(f"{shown:<40} {d.item:<14} {where:<11} {d.confidence:6.1%}  {top}")
+            if d.held is not None:
+                print(f"{'':<40} held: {d.held}")
     return 1 if skipped else 0
 
 
@@ -414,10 +420,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "skipped": skipped,
     }
     result.update(score_predictions(probs_arr, truth, labels, taxonomy))
+    result["held"] = held_shares(probs_arr, truth, labels, taxonomy, config, classifier.bundle.ood)
     if args.plots:
         out = Path(args.plots)
         out.mkdir(parents=True, exist_ok=True)
-        for key in ("item", "bin"):
+        for key in ("item", "concept", "bin"):  # "concept" only where the taxonomy has concepts
             if key in result:
                 r = result[key]
                 path = plot_confusion(
@@ -431,10 +438,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=1))
     else:
         print(f"model {classifier.bundle.model_id} ({classifier.runtime}) on {args.data}")
-        for key in ("item", "bin"):
+        for key in ("item", "concept", "bin"):
             if key in result:
                 print(format_scores(result[key], f"{key} level"))
                 print()
+        shares = ", ".join(f"{label} {share:.1%}" for label, share in result["held"].items())
+        print(f"held on the tray (not tipped) per label folder: {shares}")
         if "bin_most_probable" in result:
             plain = result["bin_most_probable"]
             print(
@@ -442,6 +451,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 f"{plain['accuracy']:.2%}, balanced accuracy {plain['balanced_accuracy']:.2%}"
             )
     return 1 if skipped else 0
+
+
+def held_shares(
+    probs: np.ndarray, truth: Sequence[str], labels: Sequence[str], taxonomy: Taxonomy, config: Config, ood
+) -> dict[str, float]:
+    """Per label folder, the share of its photos the bin would leave on the tray (a never-tip item, or
+    one the bundle's ``ood`` rule finds unknown), deciding as the daemon does."""
+    model = config.model
+    held: dict[str, list[bool]] = {}
+    for p, label in zip(probs, truth):
+        d = decide(p, labels, taxonomy, model.threshold, model.fallback_bin, 1, ood, config.sorting.unknown)
+        held.setdefault(label, []).append(d.held is not None)
+    return {label: sum(v) / len(v) for label, v in sorted(held.items())}
 
 
 def compare_eval(args, classifiers, taxonomies, probs, truth, paths, skipped) -> int:

@@ -17,6 +17,13 @@ fault) until the disk takes writes again. The learned empty tray is kept in the
 state folder, so an item on the tray at start is sorted, and a manual sort of
 an empty tray is refused.
 
+Held items (docs/reliability.md): a decision that is held (a never-tip label such as a hand or a phone,
+or an item the bundle's out-of-distribution score finds unknown) leaves the item on the tray, untipped
+and never written to the ledger as a move: a ``tray`` fault names the reason and a ``held`` message is
+queued in the ledger's outbox. The tray button and the sort command never tip a held item whose rule
+forbids it (``override: false``: a hand); for the others a second press while the same item is held
+sorts it, once. The item taken off the tray (the trigger sees the empty tray) clears the hold.
+
 systemd: READY=1 once the camera, model, servo controller and ledger are up
 (or after ``sorting.ready_timeout_s`` with the missing part reported),
 WATCHDOG=1 from every turn of the loop, STATUS= with counts and faults.
@@ -70,7 +77,7 @@ from edge.paths import pid_file, review_folder, tray_file
 from edge.service.commands import register_commands
 from edge.service.notify import Notifier
 from edge.service.review import review_reason, save_for_review
-from edge.servo.link import ActuatorFault
+from edge.servo.link import ActuatorFault, LidOpen
 from edge.servo.protocols import Controller, open_controller
 from edge.servo.supervisor import Calibration, ServoSupervisor
 
@@ -147,6 +154,12 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._sort_now = threading.Event()
+        self._held_lock = threading.Lock()  # the held item is read by the MQTT thread's sort command
+        self.held: Item | None = None  # an item held on the tray (Decision.held), never tipped by itself
+        self._held_presses = 0  # presses of sort since it was held
+        self._override_now = False  # a person pressed twice: sort the held item
+        self._held_fault: str | None = None  # the tray fault the hold set
+        self._held_frame: np.ndarray | None = None  # its last frame, kept for review if it is sorted
         self.started = False  # the parts below are built together by start(), or not at all
         self.pending: Item | None = None
         self.votes: list[np.ndarray] = []
@@ -184,10 +197,34 @@ class Daemon:
         """Classify and sort what is on the tray now, whatever the trigger says.
 
         Refused (the reason is returned) when the trigger sees an empty tray: sorting the bare tray
-        would count an item that does not exist."""
+        would count an item that does not exist. A held item (see :meth:`hold`) is never sorted by a
+        press when its rule forbids it (a hand); otherwise the second press while it is held sorts it."""
         if self.started and self.trigger.shows_item is False:
             log.warning("%s refused: the tray is empty", source)
             return "tray is empty"
+        with self._held_lock:
+            held = self.held
+            if held is not None:
+                decision = held.decision
+                if not decision.override:
+                    refused = f"{decision.held}: it is never tipped, take it off the tray"
+                    log.warning("%s refused: %s", source, refused)
+                    if self.trigger.shows_item is None:  # the camera cannot tell the tray is clear:
+                        self._sort_now.set()  # the model looks again (held again while it is there)
+                    return refused
+                self._held_presses += 1
+                if self._held_presses < 2:
+                    refused = f"{decision.held}; press sort again to sort it into {decision.override_bin}"
+                    log.warning("%s refused: %s", source, refused)
+                    return refused
+                log.warning(
+                    "%s pressed again: sorting the held %s into %s, a person checked it",
+                    source,
+                    decision.item,
+                    decision.override_bin,
+                )
+                self._override_now = True
+                return None
         log.info("%s: sorting what is on the tray now", source)
         self._sort_now.set()
         return None
@@ -434,6 +471,11 @@ class Daemon:
             return
         state = self.trigger.update(frame)
         self._remember_tray(frame.shape)
+        if self.held is not None and self.trigger.shows_item is False:
+            self.release_held("taken off the tray")
+        if self.held is not None and self._override_now:
+            self.sort_held()
+            return
         if self._sort_now.is_set() and self.trigger.shows_item is False:
             self._sort_now.clear()
             log.warning("sort refused: the tray is empty")
@@ -460,6 +502,8 @@ class Daemon:
             model.threshold,
             model.fallback_bin,
             model.top_k,
+            self.classifier.bundle.ood,
+            self.config.sorting.unknown,
         )
         item_id = uuid.uuid4().hex
         item = Item(
@@ -485,10 +529,23 @@ class Daemon:
                 "decide_ms": (self.clock() - classified) * 1000,
             },
         )
+        if decision.held is not None:
+            self.hold(item, frames[-1])
+            return
+        if self.held is not None:  # the camera cannot see the tray (continuous, manual): the model can
+            self.release_held(
+                "gone: the model sees " + ("an empty tray" if decision.empty else decision.item)
+            )
         if decision.empty:
             log.info("nothing to sort: the model sees %s (%.0f%%)", decision.item, decision.confidence * 100)
             self.trigger.handled()
             return
+        self.sort(item, frames[-1])
+
+    def sort(self, item: Item, frame: np.ndarray) -> None:
+        """Tip a decided item (a bin chosen): unless its bin is full, keep its frame for review if so
+        drawn, write its move ahead and command the servo."""
+        decision = item.decision
         if self.config.fill.park_when_full and decision.bin in full_bins(self.fill()):
             self.refuse_for_full_bin(item)
             return
@@ -496,7 +553,7 @@ class Daemon:
         if kept:
             save_for_review(
                 review_folder(self.config),
-                frames[-1],
+                frame,
                 item.id,
                 time.time(),
                 decision,
@@ -508,6 +565,81 @@ class Daemon:
             )
         self.pending = item
         self.attempt(item)
+
+    # -- items held on the tray (not waste, or unknown) ---------------------------------------
+
+    def hold(self, item: Item, frame: np.ndarray) -> None:
+        """Leave a held item on the tray: never tipped, never a move in the ledger, a ``tray`` fault and
+        one ``held`` message (queued in the ledger's outbox, so a broker outage never loses it)."""
+        decision = item.decision
+        self.trigger.handled()  # classified: wait for the tray to clear before the next item
+        with self._held_lock:
+            same = self.held is not None and self.held.decision.item == decision.item
+            if same:  # the same item classified again (continuous mode, or a press): one message
+                return
+            self.held, self._held_presses, self._override_now = item, 0, False
+            self._held_frame = frame
+        then = (
+            f"press sort twice to sort it into {decision.override_bin}"
+            if decision.override
+            else "it is never tipped: take it off the tray"
+        )
+        self._held_fault = self.tray_fault = (
+            f"{decision.item} held on the tray, not tipped and not counted: {decision.held}; {then}"
+        )
+        log.warning("%s (%.0f%%)", self.tray_fault, decision.item_confidence * 100)
+        payload = {
+            "id": item.id,
+            "item": decision.item,
+            "reason": decision.held,
+            "override": decision.override,
+            "confidence": round(decision.item_confidence, 4),
+            "time": item.record.time,
+        }
+        if not self._write(
+            f"queueing the held message of {decision.item}", lambda: self.ledger.queue_held(item.id, payload)
+        ):
+            log.error("the held message of %s is not queued (the ledger refuses writes)", decision.item)
+        self.telemetry.notify()
+
+    def release_held(self, why: str) -> None:
+        """The held item is gone: its tray fault clears."""
+        with self._held_lock:
+            item, self.held, self._held_presses, self._override_now = self.held, None, 0, False
+            self._held_frame = None
+        if item is None:
+            return
+        log.info("held %s %s; the hold is cleared", item.decision.item, why)
+        if self.tray_fault == self._held_fault:
+            self.tray_fault = None
+        self._held_fault = None
+        self.telemetry.notify()
+
+    def sort_held(self) -> None:
+        """A person pressed sort twice on an item a press may sort: into its override bin, once."""
+        with self._held_lock:
+            item, self.held, self._held_presses, self._override_now = self.held, None, 0, False
+            frame, self._held_frame = self._held_frame, None
+        if item is None or not item.decision.override:  # a hand is never sorted, whatever asked
+            return
+        if self.tray_fault == self._held_fault:
+            self.tray_fault = None
+        self._held_fault = None
+        decision = dataclasses.replace(
+            item.decision, bin=item.decision.override_bin, held=None, override=False
+        )
+        self.sort(
+            dataclasses.replace(
+                item,
+                decision=decision,
+                record=dataclasses.replace(
+                    item.record,
+                    bin=decision.bin,
+                    most_probable_bin=decision.most_probable_bin or decision.bin,
+                ),
+            ),
+            frame,
+        )
 
     def count(self, item: SortedItem) -> int:
         """Record a tipped item in the ledger: its count, its bin's fill, its messages."""
@@ -584,6 +716,10 @@ class Daemon:
         moving_at = self.clock()
         try:
             move_ms = self.servo.tip(bin_id)
+        except LidOpen as fault:
+            item.attempts -= 1  # the interlock, not the servo: never one of the failed moves
+            self.held_by_lid(item, fault.reason)
+            return
         except ActuatorFault as fault:
             attempts = self.config.sorting.move_attempts
             if item.attempts < attempts:
@@ -631,6 +767,14 @@ class Daemon:
         except ActuatorFault as fault:  # a servo fault (logged by the supervisor); the item stays counted
             log.error("item %s is counted; the tray did not come back home: %s", tipped.id[:8], fault.reason)
         self.trigger.handled()
+
+    def held_by_lid(self, item: Item, reason: str) -> None:
+        """The interlock refused or stopped the move: the item waits on the tray, its move open and not
+        counted, and is tried again (the supervisor asks the lid) until the lid closes."""
+        fault = f"item {item.decision.item} held on the tray: lid open; close the lid and it is sorted"
+        if fault != self.tray_fault:
+            log.warning("%s (%s)", fault, reason)
+        self.tray_fault = fault
 
     def park(self, item: Item, reason: str) -> None:
         self.tray_fault = (
@@ -682,11 +826,20 @@ class Daemon:
             "version": edge.__version__,
             "trigger": self.trigger.state.value,
             "faults": {k: v for k, v in self.faults().items() if k != "mqtt"},
+            "held": self.held_state(),
             "parked_items": self.ledger.parked_items(),
             "last_item": self.last_item,
             "fill": self.fill(),
             "items_today": self.items_today(),
         }
+
+    def held_state(self) -> dict[str, Any] | None:
+        """The item held on the tray now, for the state topic (None: none)."""
+        held = self.held
+        if held is None:
+            return None
+        d = held.decision
+        return {"item": d.item, "reason": d.held, "override": d.override, "since": round(held.record.time)}
 
     def items_today(self) -> int:
         with contextlib.suppress(sqlite3.Error):  # a closed or unreadable ledger: the last number read

@@ -126,7 +126,8 @@ def summarise(daemon: Daemon, sorted_items: list, online: bool, state: Path) -> 
     scored = [(item, label) for item, _, label in sorted_items if label and taxonomy.bin_of(label)]
     if scored:
         right_bin = sum(item.bin == taxonomy.bin_of(label) for item, label in scored)
-        right_item = sum(item.item == label for item, label in scored)
+        # the item is a concept (glass for a photo in white-glass/): compare it with the folder's concept
+        right_item = sum(item.item == taxonomy.concept_of(label) for item, label in scored)
         print(
             f"against the photos' folder names: item right {right_item}/{len(scored)}, "
             f"bin right {right_bin}/{len(scored)} (uncertain items go to the fallback bin, and items "

@@ -52,6 +52,7 @@ class BinView:
             "counts": state.get("counts", {}),
             "fill": state.get("fill", {}),
             "faults": state.get("faults", {}),
+            "held": state.get("held"),  # an item left on the tray, not tipped (not waste, or unknown)
             "model_id": state.get("model_id"),
             "last_item": self.last_event or state.get("last_item"),
             "heard_at": self.heard_at,

@@ -84,6 +84,12 @@ class MaestroEmulator(PtyEmulator):
     never reaches its target), errors (error bits set), unplug_on_move.
     ``travel_reads`` makes a slow servo: after a new target, that many position
     reads report positions on the way, and the next one the target.
+
+    ``inputs`` are channels configured as inputs (an interlock switch): Get Position on one answers
+    its value, 0..1023 (:meth:`open_lid` / :meth:`close_lid`: 1023 / 0, as a digital input reads
+    a switch to GND with a pull-up). ``input_mode``: ok, silent (no answer for an input channel),
+    garbage (a value no input has). ``open_lid_after_reads``: the lid opens on that position read
+    of a servo on its way.
     """
 
     def __init__(
@@ -93,8 +99,12 @@ class MaestroEmulator(PtyEmulator):
         error_bits: int = 0,
         on_move: Callable[[int, float], None] | None = None,
         travel_reads: int = 0,
+        inputs: dict[int, int] | None = None,
     ) -> None:
         self.device, self.error_bits, self.travel_reads = device, error_bits, travel_reads
+        self.inputs: dict[int, int] = dict(inputs or {})
+        self.input_mode = "ok"
+        self.open_lid_after_reads: int | None = None
         self.targets: dict[int, int] = {}
         self.positions: dict[int, int] = {}
         self._on_the_way: dict[int, list[int]] = {}
@@ -151,7 +161,12 @@ class MaestroEmulator(PtyEmulator):
             return
         if self.mode == "silent":
             return
-        if command == 0x90:
+        if command == 0x90 and payload[0] in self.inputs:
+            if self.input_mode == "silent":
+                return
+            value = 0xFFFF if self.input_mode == "garbage" else self.inputs[payload[0]]
+            reply = value.to_bytes(2, "little")
+        elif command == 0x90:
             if self._on_the_way.get(payload[0]):
                 self._travel(payload[0])
             reply = self.positions.get(payload[0], 6000).to_bytes(2, "little")
@@ -163,7 +178,21 @@ class MaestroEmulator(PtyEmulator):
             self.error_bits = 0  # reading the errors clears them, as on the real board
         self.send(reply[:1] if self.mode == "partial" else reply)
 
+    def open_lid(self, channel: int | None = None) -> None:
+        """The interlock switch opens: its input reads high (the pull-up)."""
+        for ch in [channel] if channel is not None else list(self.inputs):
+            self.inputs[ch] = 1023
+
+    def close_lid(self, channel: int | None = None) -> None:
+        for ch in [channel] if channel is not None else list(self.inputs):
+            self.inputs[ch] = 0
+
     def _travel(self, channel: int) -> None:
+        if self.open_lid_after_reads is not None:
+            self.open_lid_after_reads -= 1
+            if self.open_lid_after_reads <= 0:
+                self.open_lid_after_reads = None
+                self.open_lid()
         self.positions[channel] = self._on_the_way[channel].pop(0)
         if not self._on_the_way[channel]:
             self.moved(channel, self.positions[channel] / 4)
@@ -180,6 +209,13 @@ class LineEmulator(PtyEmulator):
     ``lost_while_booting`` lines arrive while the bootloader runs and get no answer;
     ``before_next_reply`` is sent once, just ahead of the next reply (say, the rest of a
     line that began before the command).
+
+    The interlock (``LID ON``/``LID OFF``/``LID?``): :meth:`open_lid` / :meth:`close_lid` work the
+    switch and report ``EVT LID_OPEN`` / ``EVT LID_CLOSED`` as the firmware does; while it is on and
+    open, a MOVE of the guarded channel is ``ERR 8 lid open``. ``open_on_move`` (pulse widths) opens
+    the lid just after the next guarded MOVE to one of them is answered: the move stops (home, or
+    where it began for HOLD).
+    ``lid_mode``: ok, silent (``LID?`` unanswered), garbage (``LID?`` answered ``OK LID MAYBE``).
     """
 
     NAME, VERSION, MIN_US, MAX_US = "smartbin-servo", "0.1.0", 900, 2100
@@ -197,7 +233,32 @@ class LineEmulator(PtyEmulator):
         self.answers = answers or {}
         self.lost_while_booting = lost_while_booting
         self.before_next_reply = b""
+        self.lid_is_open = False  # the switch
+        self.lid: tuple[int, int] | None = None  # LID ON: (guarded channel, home µs or 0 for HOLD)
+        self.lid_mode = "ok"
+        self.open_on_move: set[int] = set()
         super().__init__(mode, on_move)
+
+    def open_lid(self) -> None:
+        self.lid_is_open = True
+        if self.lid is not None:
+            self.send(b"EVT LID_OPEN\n")
+
+    def close_lid(self) -> None:
+        self.lid_is_open = False
+        if self.lid is not None:
+            self.send(b"EVT LID_CLOSED\n")
+
+    def _lid(self, args: list[str]) -> str:
+        if args == ["OFF"]:
+            self.lid = None
+            return "OK LID OFF"
+        if len(args) != 4 or args[0] != "ON" or not args[2].isdigit():
+            return "ERR 2 bad arguments"
+        if args[1] not in {f"D{n}" for n in range(3, 9)}:
+            return f"ERR 7 no input pin {args[1]}"
+        self.lid = (int(args[2]), 0 if args[3] == "HOLD" else int(args[3]))
+        return "OK LID ON"
 
     def handle(self, data: bytes) -> None:
         self._buffer += data
@@ -230,13 +291,31 @@ class LineEmulator(PtyEmulator):
             answer = self.answers[command]
         elif command == "PING":
             answer = f"OK PONG {self.NAME} {self.VERSION}"
+        elif command == "LID":
+            answer = self._lid(args)
+        elif command == "LID?":
+            if self.lid_mode == "silent":
+                return
+            state = "OFF" if self.lid is None else "OPEN" if self.lid_is_open else "CLOSED"
+            answer = "OK LID MAYBE" if self.lid_mode == "garbage" else f"OK LID {state}"
         elif command == "MOVE" and len(args) == 2 and all(a.isdigit() for a in args):
             channel, pulse = int(args[0]), int(args[1])
+            guarded = self.lid is not None and channel == self.lid[0]
             if self.mode == "unplug_on_move":
                 self.unplug()
                 return
             if self.mode == "refuse" or not self.MIN_US <= pulse <= self.MAX_US:
                 answer = f"ERR 3 pulse {pulse} outside {self.MIN_US}..{self.MAX_US}"
+            elif guarded and self.lid_is_open:
+                answer = "ERR 8 lid open"
+            elif guarded and pulse in self.open_on_move:  # answered, then stopped on its way
+                self.open_on_move = set()
+                home = self.lid[1] or self.positions.get(channel, 0)
+                self.positions[channel] = home
+                self.moved(channel, home)
+                self.send(f"OK {channel} {pulse}\n".encode("ascii"))
+                self.open_lid()
+                return
             else:
                 self.positions[channel] = pulse
                 self.moved(channel, pulse)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Union
 
 import serial
 
@@ -23,6 +23,9 @@ class ServoSettings(Protocol):
     acceleration: Optional[int]
     tolerance_us: float
     startup_s: float
+    home_us: float
+    interlock: Optional[Union[int, str]]  # maestro: an input channel; line: a pin (D3..D8); None: off
+    interlock_stop: str  # what a move stopped by an opening lid does: home, or hold
 
 
 class ActuatorFault(Exception):
@@ -31,6 +34,12 @@ class ActuatorFault(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class LidOpen(ActuatorFault):
+    """The interlock reads open: the move was refused, or stopped before it reached its target.
+
+    The controller itself is fine (no servo fault); the item stays on the tray until the lid closes."""
 
 
 try:

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import time
 
-from edge.servo.link import ActuatorFault, Link, ServoSettings
+from edge.servo.link import ActuatorFault, LidOpen, Link, ServoSettings
 
+# An input channel's Get Position is its value: 0..1023 (analog, 0..5 V) or exactly 0 / 1023 (digital).
+# The interlock switch pulls the input to GND when closed; a pull-up makes it (and a cut wire) read high.
+INPUT_MAX = 1023
+INPUT_OPEN_AT = 512
 SET_TARGET = 0x84
 SET_SPEED = 0x87
 SET_ACCELERATION = 0x89
@@ -83,10 +87,25 @@ def decode_maestro_errors(bits: int) -> list[str]:
 
 
 class MaestroController:
-    """Pololu Maestro: a move is confirmed when the position reads back within tolerance."""
+    """Pololu Maestro: a move is confirmed when the position reads back within tolerance.
 
-    def __init__(self, link: Link, device: int | None = None, tolerance_us: float = 10.0) -> None:
+    With an ``interlock`` input channel, a move reads it first (refused while open) and between the
+    position reads until the target is reached; open on the way, the servo is sent to ``stop_us``
+    (home), or kept where it is (``stop_us`` None: hold), and the move fails as :class:`LidOpen`.
+    The Maestro itself knows nothing of the lid: this host polling is the whole interlock.
+    """
+
+    def __init__(
+        self,
+        link: Link,
+        device: int | None = None,
+        tolerance_us: float = 10.0,
+        interlock: int | None = None,
+        stop_us: float | None = None,
+    ) -> None:
         self.link, self.device, self.tolerance_us = link, device, tolerance_us
+        self.interlock, self.stop_us = interlock, stop_us
+        self.lid_open: bool | None = None
 
     def errors(self) -> list[str]:
         self.link.write(get_errors(self.device))
@@ -104,6 +123,31 @@ class MaestroController:
         self.link.write(get_position(channel, self.device))
         return int.from_bytes(self.link.read(2, "get position"), "little") / 4
 
+    def lid(self) -> bool | None:
+        """Whether the interlock input reads open (None: no interlock); a silent or impossible
+        answer is a fault, never read as closed."""
+        if self.interlock is None:
+            return None
+        self.link.write(get_position(self.interlock, self.device))
+        what = f"the interlock input on channel {self.interlock}"
+        value = int.from_bytes(self.link.read(2, what), "little")
+        if value > INPUT_MAX:
+            raise ActuatorFault(
+                f"the interlock input on channel {self.interlock} reads {value}, not 0..{INPUT_MAX}: "
+                "configure the channel as an input (Maestro Control Center, Channel Settings)"
+            )
+        self.lid_open = value >= INPUT_OPEN_AT
+        return self.lid_open
+
+    def _stop(self, channel: int, position: float, target: float) -> LidOpen:
+        stop = self.stop_us if self.stop_us is not None else position
+        self.link.write(set_target(channel, stop, self.device))
+        where = "sent home" if self.stop_us is not None else "held"
+        return LidOpen(
+            f"lid opened during the move to {target:g} µs (interlock channel {self.interlock}): "
+            f"stopped at {position:g} µs and {where}"
+        )
+
     def ping(self) -> str:
         self.check_errors()
         return (
@@ -111,6 +155,10 @@ class MaestroController:
         )
 
     def move(self, channel: int, pulse_us: float, timeout_s: float) -> None:
+        if self.lid():
+            raise LidOpen(
+                f"lid open (interlock channel {self.interlock}): the move to {pulse_us:g} µs was not started"
+            )
         self.link.write(set_target(channel, pulse_us, self.device))
         deadline = time.monotonic() + timeout_s
         while True:
@@ -118,6 +166,8 @@ class MaestroController:
             if abs(position - pulse_us) <= self.tolerance_us:
                 self.check_errors()
                 return
+            if self.lid():
+                raise self._stop(channel, position, pulse_us)
             if time.monotonic() > deadline:
                 raise ActuatorFault(
                     f"servo on channel {channel} is at {position:g} µs, not {pulse_us:g} µs, "
@@ -135,4 +185,18 @@ def open_maestro(cfg: ServoSettings) -> MaestroController:
         link.write(set_speed(cfg.channel, cfg.speed, cfg.device_number))
     if cfg.acceleration is not None:
         link.write(set_acceleration(cfg.channel, cfg.acceleration, cfg.device_number))
-    return MaestroController(link, cfg.device_number, cfg.tolerance_us)
+    interlock = getattr(cfg, "interlock", None)
+    home = getattr(cfg, "interlock_stop", "home") == "home"
+    controller = MaestroController(
+        link,
+        cfg.device_number,
+        cfg.tolerance_us,
+        None if interlock is None else int(interlock),
+        cfg.home_us if home else None,
+    )
+    try:
+        controller.lid()  # an interlock that does not answer is a fault now, not at the first move
+    except ActuatorFault:
+        link.close()
+        raise
+    return controller

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -9,13 +10,15 @@ from typing import TYPE_CHECKING, Callable
 
 from edge.errors import SmartbinError
 from edge.retry import Retry
-from edge.servo.link import ActuatorFault
+from edge.servo.link import ActuatorFault, LidOpen
 from edge.servo.protocols import Controller
 
 if TYPE_CHECKING:
     from edge.config import ServoConfig
 
 log = logging.getLogger(__name__)
+
+LID_POLL_S = 0.2  # while the lid is open, the interlock is asked again this often
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,11 @@ class ServoSupervisor:
     A failed move drops the connection, logs one line, and records ``fault``
     (for the state topic); the next move reopens the port once its backoff
     delay has passed. A move in flight when the port dies is failed, never done.
+
+    A move the interlock refused or stopped (:class:`LidOpen`) is no controller fault: the
+    connection stays, ``lid_open`` says so, the lid is asked again every ``LID_POLL_S`` (a move
+    meanwhile is refused at once), and a tray the lid left away from home is sent home once it
+    closes. An interlock that does not answer is a controller fault like any other.
     """
 
     def __init__(
@@ -111,7 +119,32 @@ class ServoSupervisor:
     ) -> None:
         self.connect, self.cal = connect, calibration
         self.retry = Retry("servo fault", log, cap_s, base_s, clock)
+        self.clock = clock
         self.actuator: Actuator | None = None
+        self.lid_open: bool | None = None  # None: no interlock, or not asked yet
+        self._lid_asked_at = -LID_POLL_S
+        self._home_due = False  # a move the lid refused or stopped may have left the tray away from home
+
+    def _lid(self, fault: LidOpen) -> LidOpen:
+        if not self.lid_open:
+            log.warning("interlock: %s", fault.reason)
+        self.lid_open, self._home_due, self._lid_asked_at = True, True, self.clock()
+        return fault
+
+    def _lid_still_open(self, actuator: Actuator) -> bool:
+        """While the lid was open: ask again (at most every LID_POLL_S); True if it still is."""
+        if not self.lid_open:
+            return False
+        if self.clock() - self._lid_asked_at < LID_POLL_S:
+            return True
+        self._lid_asked_at = self.clock()
+        try:
+            self.lid_open = bool(actuator.controller.lid())  # type: ignore[attr-defined]
+        except ActuatorFault as fault:
+            raise self._failed(fault.reason) from None
+        if not self.lid_open:
+            log.info("interlock: the lid is closed again")
+        return self.lid_open
 
     @property
     def fault(self) -> str | None:
@@ -152,17 +185,27 @@ class ServoSupervisor:
         """Tip into the bin (confirmed); the daemon counts the item, then calls :meth:`return_home`."""
         self.cal.target(bin_id)  # a calibration problem is not a controller fault
         actuator = self._connected()
+        if self._lid_still_open(actuator):
+            raise LidOpen("lid open: the move was not started")
         try:
-            return actuator.tip(bin_id)
+            seconds = actuator.tip(bin_id)
+        except LidOpen as fault:
+            raise self._lid(fault) from None
         except ActuatorFault as fault:
             raise self._failed(fault.reason) from None
+        self.lid_open = getattr(actuator.controller, "lid_open", None)
+        return seconds
 
     def return_home(self) -> float:
         actuator = self._connected()
         try:
-            return actuator.return_home()
+            seconds = actuator.return_home()
+        except LidOpen as fault:
+            raise self._lid(fault) from None
         except ActuatorFault as fault:
             raise self._failed(fault.reason) from None
+        self._home_due = False
+        return seconds
 
     def position_us(self) -> float | None:
         """Where the controller says the tray is, or ``None`` when it cannot say (offline, silent)."""
@@ -179,10 +222,18 @@ class ServoSupervisor:
         if self.actuator is None:
             return []
         try:
-            return self.actuator.controller.events()
+            events = self.actuator.controller.events()
         except ActuatorFault as fault:
             self._failed(fault.reason)
             return []
+        lid = [e for e in events if e in ("LID_OPEN", "LID_CLOSED")]
+        if lid:
+            self.lid_open = lid[-1] == "LID_OPEN"
+        if self._home_due and self.actuator is not None:
+            with contextlib.suppress(ActuatorFault):  # logged; a stopped move left the tray away from home
+                if not self._lid_still_open(self.actuator):
+                    self.home()
+        return events
 
     def home(self, now: bool = False) -> None:
         """Connect if needed and send the tray home (at start, and before exit: ``now`` tries at once,
@@ -190,8 +241,11 @@ class ServoSupervisor:
         actuator = self._connected(now)
         try:
             actuator.home()
+        except LidOpen as fault:
+            raise self._lid(fault) from None
         except ActuatorFault as fault:
             raise self._failed(fault.reason) from None
+        self._home_due = False
 
     def close(self) -> None:
         if self.actuator is not None:
