@@ -464,6 +464,14 @@ def main() -> None:
         )
     print(f"test split: {len(split)} photos ({report['n']} in the training run's report)\n")
     print_table(["%", "float (training run)", "int8 (training run)", "int8 (measured now)"], table)
+    # the shipped taxonomy names one thing once (concepts); this bundle's own taxonomy has none
+    named = score_predictions(probs, truth, labels, load_taxonomy(TAXONOMIES / "cn-4bin.yaml"))
+    by_concept = {m: named["concept"][m] for m in ("accuracy", "balanced_accuracy", "n")}
+    print(
+        f"\nitem accuracy by concept (config/taxonomy/cn-4bin.yaml), int8 measured now: "
+        f"{by_concept['accuracy']:.2%} (balanced {by_concept['balanced_accuracy']:.2%}), against "
+        f"{int8['item']['accuracy']:.2%} ({int8['item']['balanced_accuracy']:.2%}) by label"
+    )
     rows = sweep(probs, [taxonomy.bin_of(t) for t in truth], labels, taxonomy)
     val_rows = sweep(all_probs["val"], [taxonomy.bin_of(s["label"]) for s in splits["val"]], labels, taxonomy)
     default = ModelConfig().threshold
@@ -612,6 +620,7 @@ def main() -> None:
             "int8_measured": {
                 k: {m: v[m] for m in ("accuracy", "balanced_accuracy", "n")} for k, v in int8.items()
             },
+            "int8_measured_by_concept_of_cn_4bin_yaml": by_concept,
             "float_training_run": {
                 k: {m: v[m] for m in ("accuracy", "balanced_accuracy")} for k, v in report["float"].items()
             },

@@ -19,7 +19,7 @@ from edge.model.evaluation import misrouted, plot_confusion
 from host_training.data import SPLITS, Split
 from host_training.settings import TrainSettings
 
-PICTURES = ("curves.png", "confusion_items.png", "confusion_bins.png", "reliability.png")
+PICTURES = ("curves.png", "confusion_items.png", "confusion_bins.png", "reliability.png", "ood_tradeoff.png")
 
 
 def bundle_metrics(result: dict[str, Any]) -> dict[str, Any]:
@@ -34,6 +34,8 @@ def bundle_metrics(result: dict[str, Any]) -> dict[str, Any]:
     hazard = misrouted(result["int8"]["bin"], CRITICAL_BIN)
     if hazard:
         out["int8_hazardous_recall"] = round(hazard["recall"], 5)
+    if "held" in result:  # beside the four-bin figures, which are without holding
+        out["int8_waste_held"] = result["held"]["waste"]["held"]
     return out
 
 
@@ -48,9 +50,10 @@ def folder_lines(res: dict[str, Any], bins: list[str]) -> list[str]:
         "Each folder's own test photos, so that a big folder's accuracy cannot hide a small one's.",
         "",
         "| folder | test photos | item accuracy | item balanced | four-bin accuracy | four-bin balanced "
-        "| hazardous recall | hazardous → recyclable or kitchen |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| hazardous recall | hazardous → recyclable or kitchen | waste held (not tipped) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    held = res.get("held", {}).get("folders", {})
     for folder, r in res["folders"].items():
         q = r["int8"]
         item = q.get("item", {})
@@ -64,7 +67,8 @@ def folder_lines(res: dict[str, Any], bins: list[str]) -> list[str]:
         lines.append(
             f"| {folder} | {r['n']} | {pct(item.get('accuracy', 0))} "
             f"| {pct(item.get('balanced_accuracy', 0))} | {pct(q['bin']['accuracy'])} "
-            f"| {pct(q['bin']['balanced_accuracy'])} | {recall} | {sent} |"
+            f"| {pct(q['bin']['balanced_accuracy'])} | {recall} | {sent} "
+            f"| {pct(held[folder]['held']) if folder in held else '-'} |"
         )
     for folder, r in res["folders"].items():
         q = r["int8"]["bin"]
@@ -185,6 +189,137 @@ def plot_reliability(cal: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def held_lines(res: dict[str, Any]) -> list[str]:
+    """What the bin holds of the int8 test photos, beside the four-bin figures (scored without holding)."""
+    held = res.get("held")
+    if not held:
+        return []
+    rule = held["ood"]
+    how = (
+        f"a never-tip label, or the ood rule ({rule['score']} below {rule['threshold']:.4g})"
+        if rule
+        else "a never-tip label (the bundle has no ood rule)"
+    )
+    return [
+        "",
+        f"The four-bin figures are **without holding**: every waste photo is scored by the bin chosen for "
+        f"it. The bin would hold {pct(held['waste']['held'])} of the {held['waste']['n']} waste test "
+        f"photos on the tray instead ({how}); the per-folder table gives each folder's share.",
+    ]
+
+
+def ood_lines(res: dict[str, Any]) -> list[str]:
+    """The ood block: how its score was chosen, what it holds of the waste per folder (val and test) and
+    of the never-tip photos, and the trade-off curve."""
+    o = res.get("ood")
+    if not o:
+        return []
+    lines = [
+        "## Unknown items (out of distribution)",
+        "",
+        f"Score `{o['score']}`, threshold {o['threshold']:.6g} (model.json `ood`): an item whose score is "
+        f"below it is held as unknown. Fitted on the {o['photos']} waste photos of the validation split "
+        f"so that at most {pct(o['max_held'])} of every data folder's waste is held (per folder, not "
+        f"pooled). Chosen: {o['chosen_by']}.",
+        "",
+        "| score | threshold | never-tip val photos held | AUROC waste vs not-waste | AUROC right vs wrong |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, c in o["candidates"].items():
+
+        def fmt(x: float | None) -> str:
+            return "-" if x is None else f"{x:.3f}"
+
+        lines.append(
+            f"| {name}{' (chosen)' if name == o['score'] else ''} | {c['threshold']:.6g} "
+            f"| {c['not_waste_held']} of {o['not_waste_photos']} | {fmt(c['auroc_waste_vs_not_waste'])} "
+            f"| {fmt(c['auroc_right_vs_wrong'])} |"
+        )
+    lines += [
+        "",
+        "Share of each folder's waste held (by the ood score alone; all: with never-tip labels too):",
+        "",
+        "| folder | val photos | val held | test photos | test held (ood) | test held (all) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    val, test = o["val"]["folders"], o.get("test", {}).get("folders", {})
+    for folder in dict.fromkeys([*val, *test]):
+        v, t = val.get(folder), test.get(folder)
+        lines.append(
+            f"| {folder} | {v['n'] if v else '-'} | {pct(v['held_by_ood']) if v else '-'} "
+            f"| {t['n'] if t else '-'} | {pct(t['held_by_ood']) if t else '-'} "
+            f"| {pct(t['held']) if t else '-'} |"
+        )
+    rows = [
+        (split, label, r)
+        for split in ("val", "test")
+        for label, r in o.get(split, {}).get("not_waste", {}).items()
+    ]
+    if rows:
+        lines += [
+            "",
+            "Never-tip (not-waste) photos: held by their never-tip label, held by the ood score, tipped:",
+            "",
+            "| split | label | photos | held (never-tip label) | held (ood score) | tipped |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for split, label, r in rows:
+            lines.append(
+                f"| {split} | {label} | {r['n']} | {r['held_by_never_tip']} | {r['held_by_ood']} "
+                f"| {r['tipped']} |"
+            )
+    else:
+        lines += [
+            "",
+            "The data has no never-tip (not-waste) photos: what the rule holds of them is unmeasured.",
+        ]
+    return [
+        *lines,
+        "",
+        "![ood trade-off](ood_tradeoff.png)",
+        "",
+        "A statistical filter, not a safety device: a model can be sure of something it never saw.",
+        "",
+    ]
+
+
+def plot_tradeoff(o: dict[str, Any], path: Path) -> None:
+    """Per threshold of the chosen score: the share of waste held against the share of not-waste tipped
+    (val and test), and the share of waste held against the threshold; the fitted threshold marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_trade, ax_held) = plt.subplots(1, 2, figsize=(10, 4.6))
+    for split, style in (("val", "o-"), ("test", "s--")):
+        curve = o["tradeoff"].get(split)
+        if not curve:
+            continue
+        held = [r["waste_held"] for r in curve]
+        ax_held.plot([r["threshold"] for r in curve], held, style, ms=2, label=split)
+        if o.get(split, {}).get("not_waste") or (split == "val" and o["not_waste_photos"]):
+            ax_trade.plot(held, [r["not_waste_tipped"] for r in curve], style, ms=2, label=split)
+    if not ax_trade.lines:
+        ax_trade.text(0.5, 0.5, "no never-tip (not-waste) photos", ha="center", va="center")
+    ax_held.axvline(o["threshold"], color="grey", lw=0.8, label=f"threshold {o['threshold']:.4g}")
+    ax_held.axhline(o["max_held"], color="red", lw=0.8, ls=":", label=f"{pct(o['max_held'])} per folder")
+    ax_trade.set_xlabel("share of waste held")
+    ax_trade.set_ylabel("share of not-waste tipped")
+    ax_trade.set_xlim(-0.02, 1.02)
+    ax_trade.set_ylim(-0.02, 1.02)
+    ax_held.set_xlabel(f"threshold on {o['score']}")
+    ax_held.set_ylabel("share of waste held (all folders)")
+    for ax in (ax_trade, ax_held):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"unknown items: {o['score']}, int8, calibrated")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def known_limits(labels: list[str], taxonomy: dict[str, Any], counts: dict[str, dict[str, int]]) -> list[str]:
     """Limits that follow from the data itself: which labels taught each bin."""
     lines = []
@@ -289,6 +424,7 @@ def markdown(rep: dict[str, Any]) -> str:
         "",
         "The four-bin rows are the bin's own decision: the least expected cost under the "
         "taxonomy's misrouting costs (the most probable bin when it has none), with no threshold.",
+        *held_lines(res),
         "",
         f"int8 vs float: top-1 agreement {pct(p['agreement'])}, item accuracy drop "
         f"{p['drop_points']:.2f} points. Interpreter: {res['runtime']}.",
@@ -321,6 +457,7 @@ def markdown(rep: dict[str, Any]) -> str:
         *(folder_lines(res, list(meta["taxonomy"]["bins"])) if "folders" in res else []),
         "",
         *(calibration_lines(res["calibration"]) if "calibration" in res else []),
+        *ood_lines(res),
         "## Known limits",
         "",
         *[f"- {line}" for line in known_limits(labels, meta["taxonomy"], split["counts"])],
@@ -406,6 +543,8 @@ def write(
     plot_curves(history, out / "curves.png")
     if "calibration" in result:
         plot_reliability(result["calibration"], out / "reliability.png")
+    if result.get("ood"):
+        plot_tradeoff(result["ood"], out / "ood_tradeoff.png")
     for level, png in (("item", "confusion_items.png"), ("bin", "confusion_bins.png")):
         r = result["int8"][level]
         plot_confusion(

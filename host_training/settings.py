@@ -110,6 +110,14 @@ class TrainSettings:
     calibration_photos: int = opt(
         300, "training photos used to calibrate int8 quantisation", lambda n: n >= 1, ">= 1"
     )
+    ood_max_held: float = opt(
+        0.02,
+        "the out-of-distribution hold (model.json `ood`): its threshold is fitted on val so that at most "
+        "this share of every data folder's waste is held as unknown, and its score chosen by what it holds "
+        "of the never-tip (not-waste) val photos; 0 = no ood block (no item is held as unknown)",
+        lambda x: 0 <= x < 1,
+        "0 <= x < 1",
+    )
     max_int8_drop: float = opt(
         1.0, "fail the run if int8 test accuracy is more than this many points below float"
     )

@@ -53,6 +53,7 @@ from host_training.features import (
     view_offsets,
     weights_digest,
 )
+from host_training.ood_fit import fit_ood, held_summary, tradeoff_curve
 from host_training.quantize import convert, parity, parity_gate_failures, predict_int8
 from host_training.settings import TrainSettings
 
@@ -421,6 +422,8 @@ def train_cached(model, split: Split, labels: list[str], settings: TrainSettings
     front, tail = split_model(model, settings.tail_blocks)
     views = photo_views(split, settings)
     offsets = view_offsets(views)
+    # the tray augmentation draws other copies: in the keys when on; off, the keys are those of earlier runs
+    tray = [AUGMENTATION_VERSION] if settings.tray_augmentation else []
     key = cache_key(
         settings.image_size,
         cut_layer_name(model, settings.tail_blocks),
@@ -428,7 +431,7 @@ def train_cached(model, split: Split, labels: list[str], settings: TrainSettings
         views.tolist(),
         settings.seed,
         [p.sha256 for p in split.photos],
-        AUGMENTATION_VERSION if settings.tray_augmentation else 1,
+        *tray,
     )
     files = [split.file(p) for p in split.photos]
     shas = [p.sha256 for p in split.photos]
@@ -437,7 +440,7 @@ def train_cached(model, split: Split, labels: list[str], settings: TrainSettings
         cut_layer_name(model, settings.tail_blocks),
         spec.to_dict(),
         weights_digest(front),
-        AUGMENTATION_VERSION if settings.tray_augmentation else 1,
+        *tray,
     )
     reuse = sorted(Path(settings.base_run, "cache").glob("*")) if settings.base_run else []
     timing: dict[str, float] = {}
@@ -586,10 +589,11 @@ def distribution_strategy(mode: str):
 
 def fit_calibration(
     classifier: Classifier, split: Split, labels: list[str], taxonomy: Taxonomy, settings: TrainSettings
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, Any], np.ndarray]:
     """The temperature of the int8 model, fitted on its own val probabilities (as the bin computes them).
 
-    Returns model.json's ``calibration`` block and the val scores before and after (for the report).
+    Returns model.json's ``calibration`` block, the val scores before and after (for the report) and the
+    calibrated val probabilities (the OOD threshold is fitted on them, see :func:`fit_unknown`).
     Fitted on val, never on test, so the test figures stay an honest measure of it.
     """
     spec = InputSpec(settings.image_size, settings.image_size)
@@ -637,7 +641,38 @@ def fit_calibration(
         block["val_ece"]["item"]["before"],
         block["val_ece"]["item"]["after"],
     )
-    return block, scores
+    return block, scores, calibrated(raw, temperature)
+
+
+def fit_unknown(
+    probs: np.ndarray, split: Split, labels: list[str], taxonomy: Taxonomy, settings: TrainSettings
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """model.json's ``ood`` block (host_training/ood_fit.py) from the calibrated int8 val probabilities,
+    and its account for the report; None when ``ood_max_held`` is 0 or val has no waste photo."""
+    if not settings.ood_max_held:
+        log.info("ood_max_held is 0: no ood block, no item is held as unknown")
+        return None
+    val = split.subset("val")
+    fitted = fit_ood(
+        probs,
+        [p.label for p in val],
+        [split.source_name(p) for p in val],
+        labels,
+        taxonomy,
+        settings.ood_max_held,
+    )
+    if fitted is None:
+        log.warning("no waste photos in the val split: no ood block")
+        return None
+    block, account = fitted
+    log.info(
+        "ood: %s below %.4g is unknown (at most %.0f%% of each folder's val waste held): %s",
+        block["score"],
+        block["threshold"],
+        100 * settings.ood_max_held,
+        block["chosen_by"],
+    )
+    return block, account
 
 
 def evaluate(
@@ -685,6 +720,9 @@ def evaluate(
     result["parity"] = parity(float_probs, int8_probs, true)
     # Each folder on its own: one big folder's accuracy must not hide a small folder's failures.
     sources = np.array([split.source_name(p) for p in test])
+    # the four-bin figures score every waste photo's bin as if none were held; what the bin would hold
+    # (a never-tip label that wins or reaches its hold_above, or the ood rule) is counted beside them
+    result["held"] = held_summary(int8_probs, truth, sources, labels, taxonomy, classifier.bundle.ood)
     result["folders"] = {}
     for folder in dict.fromkeys(sources):
         mine = np.nonzero(sources == folder)[0]
@@ -841,11 +879,26 @@ def run(settings: TrainSettings) -> Path:
         zip(("scale", "zero_point"), map(float, details[1]["quantization"]))
     )
     with stage(out, timing, "temperature_s"):
-        meta["calibration"], val_scores = fit_calibration(cls, split, labels, taxonomy, settings)
+        meta["calibration"], val_scores, val_probs = fit_calibration(cls, split, labels, taxonomy, settings)
+        unknown = fit_unknown(val_probs, split, labels, taxonomy, settings)
+    if unknown is not None:
+        meta["ood"] = unknown[0]
     write_bundle(candidate, tflite, meta)
 
     with stage(out, timing, "evaluate_s"):
         result = evaluate(model, candidate, split, labels, taxonomy, settings)
+    if unknown is not None:
+        test = split.subset("test")
+        test_probs = np.load(out / "test_predictions.npz")["int8"]
+        truth = [p.label for p in test]
+        result["ood"] = {
+            **unknown[1],
+            "test": result["held"],
+            "tradeoff": {
+                **unknown[1]["tradeoff"],
+                "test": tradeoff_curve(test_probs, truth, labels, taxonomy, unknown[0]["score"]),
+            },
+        }
     result["calibration"] = {
         **{k: v for k, v in meta["calibration"].items() if k not in ("val_ece", "val_nll")},
         **result["calibration"],

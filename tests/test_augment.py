@@ -86,3 +86,18 @@ def test_without_tray_the_pipeline_is_the_shipped_models_recipe():
         "RandomGaussianBlur",
     ]
     assert {"TrayScene", "ColourCast", "JpegQuality"} <= {type(x).__name__ for x in augmentation(0).layers}
+
+
+def test_a_run_resumed_with_the_tray_augmentation_switched_is_refused(tmp_path):
+    import dataclasses
+
+    from edge.errors import SmartbinError
+    from host_training.settings import load_settings
+    from host_training.train import check_resume
+
+    before = load_settings("household34", {"data": ["photos"], "out": str(tmp_path)})
+    check_resume(tmp_path, before)
+    (tmp_path / "checkpoints").mkdir()
+    check_resume(tmp_path, before)  # the same settings resume
+    with pytest.raises(SmartbinError, match="tray_augmentation False -> True"):
+        check_resume(tmp_path, dataclasses.replace(before, tray_augmentation=True))

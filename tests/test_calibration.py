@@ -19,6 +19,7 @@ from edge.model.calibration import (
     reliability,
 )
 from edge.model.classifier import Classifier
+from edge.model.preprocess import prepare
 from edge.paths import DEFAULT_BUNDLE
 from edge.service.cli import main as smartbin
 from tests.conftest import needs_data, real_photos, shipped_bundle_with
@@ -112,10 +113,11 @@ def test_the_classifier_applies_the_bundles_temperature(tmp_path):
     # the trainer's batch path: the classifier's own calibration, the same as photo by photo
     from host_training.quantize import predict_int8
 
-    pixels = np.stack([hot.input_tensor(read_image(p))[0] for p in real_photos("paper", 3)])
-    np.testing.assert_array_equal(
-        predict_int8(hot, pixels), hot.calibrate(predict_int8(hot, pixels, uncalibrated=True))
-    )
+    photos = [read_image(p) for p in real_photos("paper", 3)]
+    pixels = np.stack([prepare(photo, hot.spec) for photo in photos])  # as the trainer prepares photos
+    batch = predict_int8(hot, pixels)
+    np.testing.assert_array_equal(batch, hot.calibrate(predict_int8(hot, pixels, uncalibrated=True)))
+    np.testing.assert_array_equal(batch, np.stack([hot.predict(photo) for photo in photos]))
 
 
 @needs_data

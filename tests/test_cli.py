@@ -8,7 +8,15 @@ import pytest
 import yaml
 
 from edge.service.cli import main
-from tests.conftest import GARBAGE12, REPO, SHIPPED, make_photo_folder, needs_data, real_photos
+from tests.conftest import (
+    GARBAGE12,
+    REPO,
+    SHIPPED,
+    make_photo_folder,
+    needs_data,
+    real_photos,
+    shipped_bundle_with,
+)
 
 
 def test_help_teaches(capsys):
@@ -92,7 +100,83 @@ def test_eval_with_unknown_folders_names_them(tmp_path, capsys):
     (tmp_path / "spaceships").mkdir()
     (tmp_path / "spaceships" / "x.jpg").write_bytes(b"x")
     assert main(["eval", "--data", str(tmp_path)]) == 2
-    assert "['spaceships']" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "['spaceships']" in err and "--unknown-ok" in err
+
+
+NOT_WASTE = GARBAGE12.parent / "not-waste"
+
+
+def not_waste_folder(root, per_label=5, waste=("battery",)):
+    """Photos of hands and phones (the shipped model never saw either) beside a few of waste."""
+    make_photo_folder(root, per_class=4, classes=waste)
+    for label in ("hand", "phone"):
+        (root / label).mkdir()
+        for photo in real_photos(label, per_label, NOT_WASTE):
+            (root / label / photo.name).symlink_to(photo)
+    return root
+
+
+@needs_data
+def test_eval_scores_things_the_model_never_saw_as_held_or_tipped(tmp_path, capsys):
+    data = not_waste_folder(tmp_path / "data")
+    assert main(["eval", "--data", str(data)]) == 2
+    assert "['hand', 'phone']" in capsys.readouterr().err
+    assert main(["eval", "--data", str(data), "--unknown-ok", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["item"]["n"] == result["bin"]["n"] == 4  # accuracy on the battery photos alone
+    assert set(result["held"]) == {"battery", "hand", "phone"}
+    for label in ("hand", "phone"):
+        r = result["not_waste"][label]
+        assert r["kind"] == "unknown" and r["n"] == 5
+        # the shipped bundle has no ood block and no never_tip: nothing is held, all is tipped somewhere
+        assert r["held"] == r["held_by_ood"] == result["held"][label] == 0
+        assert r["tipped"] == pytest.approx(sum(r["tipped_to"].values())) == pytest.approx(1)
+    # a bundle with an ood block holds what it finds unknown; the shares are the bin's decisions
+    bundle = shipped_bundle_with(
+        tmp_path, ood={"score": "max_probability", "threshold": 0.9, "fitted_on": "val"}
+    )
+    assert main(["eval", "--model", str(bundle), "--data", str(data), "--unknown-ok", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    photos = [str(p) for label in ("hand", "phone") for p in sorted((data / label).iterdir())]
+    assert main(["classify", "--model", str(bundle), "--json", *photos]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for i, label in enumerate(("hand", "phone")):
+        held = sum(r["held"] is not None for r in rows[5 * i : 5 * i + 5]) / 5
+        r = result["not_waste"][label]
+        assert r["held"] == r["held_by_ood"] == result["held"][label] == pytest.approx(held)
+        assert r["held"] + r["tipped"] == pytest.approx(1)
+    assert any(result["not_waste"][label]["held"] for label in ("hand", "phone"))
+    assert main(["eval", "--model", str(bundle), "--data", str(data), "--unknown-ok"]) == 0
+    out = capsys.readouterr().out
+    assert "not waste (unknown, no accuracy): hand, 5 photos: held" in out and "item level" in out
+
+
+@needs_data
+def test_eval_scores_a_never_tip_folder_by_what_is_held(tmp_path, capsys):
+    """A taxonomy that never tips lighters (a label the shipped model has): the lighter folder is scored as
+    held or tipped; its items are still scored (a model label), it has no bin to score."""
+    data = load_taxonomy_dict()
+    del data["items"]["lighter"]
+    data["never_tip"] = {"lighter": {"reason": "a lighter: take it back"}}
+    tax = tmp_path / "tax.yaml"
+    tax.write_text(yaml.safe_dump(data))
+    folder = make_photo_folder(
+        tmp_path / "data", per_class=6, classes=("lighter",), source=GARBAGE12.parent / "garbage26cn"
+    )
+    assert main(["eval", "--taxonomy", str(tax), "--data", str(folder), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    r = result["not_waste"]["lighter"]
+    assert r["kind"] == "never_tip" and r["n"] == 6 and r["held_by_ood"] == 0
+    assert r["held"] == r["held_by_never_tip"] == result["held"]["lighter"] > 0.5
+    assert r["held"] + r["tipped"] + r["seen_as_empty"] == pytest.approx(1)
+    assert result["item"]["n"] == 6 and result["bin"]["n"] == 0  # a model label: its item is scored
+
+
+def load_taxonomy_dict() -> dict:
+    from edge.model.taxonomy import load_taxonomy
+
+    return load_taxonomy(REPO / "config" / "taxonomy" / "cn-4bin.yaml").to_dict()
 
 
 def test_errors_are_one_clear_message(tmp_path, capsys):

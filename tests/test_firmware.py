@@ -141,11 +141,12 @@ def test_real_firmware_through_the_real_driver(simulated_board):
         "FLY": "1 unknown command FLY",
         "MOVE x 1": "2 bad arguments",
         "X" * 60: "4 line too long",
+        "LID ON D3 0 0": "3 pulse 0 outside 900..2100",  # a home of 0 is an error, never a silent HOLD
     }
     for request, words in refusals.items():
         with pytest.raises(ActuatorFault, match=words):
             controller.request(request)
-    assert controller.request("ERRORS") == ["5", "3", "5", "1", "2", "4"]
+    assert controller.request("ERRORS") == ["6", "3", "5", "1", "2", "4", "3"]
     assert controller.request("POS 0") == ["0", "1700"]  # refused moves moved nothing
     controller.close()
 

@@ -147,6 +147,39 @@ def test_a_phone_is_sorted_after_a_second_press_exactly_once(tmp_path, emulator,
     sub.close()
 
 
+@needs_broker
+def test_the_second_press_looks_again_and_never_tips_a_hand_that_came_since(
+    tmp_path, emulator, broker, monkeypatch
+):
+    """A phone is held; a person reaches in to take it back; the second press arrives: the model looks
+    again, sees the hand, and holds it. A press sorts only what the model still sees held and may sort."""
+    model = StandInModel("phone")
+    monkeypatch.setattr(daemon_module, "load_classifier", lambda cfg: model)
+    config = config_for(tmp_path, emulator.port, broker.port)
+    emulator.tray.total = 1
+    sub = Subscriber(broker.port, "smartbin/t1/#")
+    daemon = Daemon(config, opener=lambda cfg: emulator.tray)
+    running = Running(daemon)
+    wait_for(lambda: daemon.held is not None and daemon.telemetry.listening, what="the phone held")
+    sub.client.publish("smartbin/t1/cmd/sort", b'{"request_id": "first"}', qos=1)
+    wait_for(lambda: sub.payloads("/reply"), what="the first reply")
+    model.item = "hand"
+    sub.client.publish("smartbin/t1/cmd/sort", b'{"request_id": "first"}', qos=1)  # a duplicate delivery
+    sub.client.publish("smartbin/t1/cmd/sort", b'{"request_id": "second"}', qos=1)
+    wait_for(lambda: daemon.held is not None and daemon.held.decision.item == "hand", what="the hand held")
+    wait_for(lambda: len(sub.payloads("/reply")) == 3, what="3 replies")
+    replies = [json.loads(r) for r in sub.payloads("/reply")]
+    assert [r["ok"] for r in replies] == [False, False, True]
+    assert "already received" in replies[1]["error"]
+    daemon.request_sort("the tray button")
+    daemon.request_sort("the tray button")
+    wait_for(lambda: len(sub.payloads("/held")) == 2, what="the hand's held message")
+    assert untouched(daemon, emulator.tray) and bin_moves(emulator, config) == []
+    assert [json.loads(h)["item"] for h in sub.payloads("/held")] == ["phone", "hand"]
+    running.stop()
+    sub.close()
+
+
 def test_no_sequence_of_presses_and_sort_commands_tips_a_hand(tmp_path, monkeypatch):
     """Whatever people press, in whatever order and rhythm, the hand stays on the tray."""
     stand_in(monkeypatch, "hand")

@@ -95,6 +95,27 @@ def test_maestro_a_move_stopped_by_the_lid_goes_home_is_not_counted_and_is_sorte
         assert sum(t in bins for t in targets) == 2
 
 
+def test_an_item_taken_off_while_the_lid_is_open_is_never_tipped_or_counted(tmp_path):
+    """Someone takes the waiting item out through the open lid: closing the lid tips nothing."""
+    tray, emulator, config = line_bin(tmp_path)
+    with emulator:
+        emulator.lid_is_open = True
+        seen = []
+        daemon = Daemon(config, opener=lambda cfg: tray, on_sorted=seen.append)
+        running = Running(daemon)
+        held = lambda: daemon.started and "lid open" in daemon.faults().get("tray", "")  # noqa: E731
+        wait_for(held, what="the item held for the lid")
+        with tray._lock:
+            tray.current, tray._gap = None, 10**9  # taken out by hand; no next item comes
+        wait_for(lambda: daemon.pending is None, what="the move closed")
+        assert "tray" not in daemon.faults() and daemon.ledger.moving() == []
+        emulator.close_lid()
+        wait_for(lambda: emulator.lines.count("LID?") >= 3, what="the loop going on")
+        assert running.stop() == 0
+        assert seen == [] and guarded_bin_moves(emulator.lines, config) == []
+    assert Ledger(config.ledger.path).counts() == {}
+
+
 def test_maestro_a_lid_open_at_the_start_holds_the_item_until_it_closes(tmp_path):
     tray, emulator, config = maestro_bin(tmp_path)
     with emulator:
@@ -119,7 +140,10 @@ def test_an_interlock_that_never_answers_is_a_servo_fault_and_nothing_moves(tmp_
         assert any(word in daemon.faults()["servo"] for word in ("LID?", "interlock"))
         assert running.stop() == 0
     assert seen == [] and Ledger(config.ledger.path).counts() == {}
-    assert not any(f[0] == 0x84 and (f[2] | f[3] << 7) != 1500 * 4 for f in getattr(emulator, "commands", []))
+    if protocol == "line":
+        assert guarded_bin_moves(emulator.lines, config) == []
+    else:
+        assert not any(f[0] == 0x84 and (f[2] | f[3] << 7) != 1500 * 4 for f in emulator.commands)
 
 
 def test_the_maestro_reads_the_input_before_and_during_a_move_and_holds_where_it_stopped():

@@ -94,6 +94,12 @@ def test_a_concept_of_never_tip_labels_is_held_with_the_strictest_rule():
         ({"never_tip": {"hand": {"override": "no"}}}, "never_tip.hand.override = 'no'", "true:"),
         ({"never_tip": {"hand": {"why": "x"}}}, "never_tip.hand has unknown keys ['why']", "override"),
         ({"never_tip": {"hand": "x"}}, "never_tip.hand is not a mapping", "reason"),
+        ({"never_tip": {"hand": {"hold_above": 0}}}, "never_tip.hand.hold_above = 0 is not", "0.2"),
+        ({"never_tip": {"hand": {"hold_above": 1.5}}}, "never_tip.hand.hold_above = 1.5", "validation"),
+        ({"never_tip": {"hand": {"hold_above": -0.1}}}, "never_tip.hand.hold_above = -0.1", "hold_above"),
+        ({"never_tip": {"hand": {"hold_above": math.nan}}}, "never_tip.hand.hold_above = nan", "hold_above"),
+        ({"never_tip": {"hand": {"hold_above": True}}}, "never_tip.hand.hold_above = True", "hold_above"),
+        ({"never_tip": {"hand": {"hold_above": "0.2"}}}, "never_tip.hand.hold_above = '0.2'", "hold_above"),
         (
             {"never_tip": {"hand": HAND}, "concepts": {"thing": ["hand", "paper"]}},
             "concepts.thing holds labels of different bins",
@@ -116,7 +122,8 @@ def test_the_shipped_taxonomy_documents_never_tip_as_a_comment_only():
     text = SHIPPED_TAXONOMY.read_text(encoding="utf-8")
     assert "# never_tip:   (optional)" in text
     for line in (
-        '#   hand: {reason: "a hand is on the tray", override: false}',
+        '#   hand: {reason: "a hand is on the tray", override: false, hold_above: 0.2}',
+        "hold_above: p (0 < p <= 1)",
         "#   earbuds:",
         "#   glasses:",
     ):
@@ -230,6 +237,40 @@ def test_a_never_tip_that_does_not_win_is_not_held_and_empty_is_still_empty():
     assert e.empty and e.held is None and e.bin is None
 
 
+def test_hold_above_holds_a_hand_that_does_not_win():
+    careful = parse_taxonomy(small(never_tip={"hand": {**HAND, "hold_above": 0.2}, "phone": {}}))
+    assert careful.never_tip["hand"].hold_above == 0.2 and careful.never_tip["phone"].hold_above is None
+    assert parse_taxonomy(careful.to_dict()) == careful
+    # a hand at 40% beside paper at 45%: tipped by default, held with hold_above 0.2
+    beside = probs(paper=0.45, hand=0.4)
+    assert decide(beside, LABELS, TAX).bin == "recyclable"
+    d = decide(beside, LABELS, careful)
+    assert d.bin is None and not d.empty and d.held == "a hand is on the tray" and d.override is False
+    assert d.item == "hand" and d.item_confidence == pytest.approx(0.4)
+    assert d.top_items[0] == ("paper", pytest.approx(0.45)) and d.override_bin == "recyclable"
+    # at the threshold it holds, below it the winner decides; the empty tray too gives way to a hand
+    assert decide(probs(paper=0.5, hand=0.2), LABELS, careful).held == "a hand is on the tray"
+    assert decide(probs(paper=0.7, hand=0.19), LABELS, careful).bin == "recyclable"
+    assert decide(probs(empty=0.7, hand=0.25), LABELS, careful).held == "a hand is on the tray"
+    assert decide(probs(empty=0.9, hand=0.05), LABELS, careful).empty
+    # a phone without hold_above is held only when it wins, as before
+    assert decide(probs(paper=0.45, phone=0.4), LABELS, careful).bin == "recyclable"
+    # an OOD-unknown waste item with a hand above its hold_above is held for the hand (never overridable)
+    rule = ood.OodRule("max_probability", 0.5)
+    assert decide(probs(paper=0.3, hand=0.25), LABELS, careful, ood=rule).override is False
+
+
+def test_hold_above_on_a_concept_sums_its_labels():
+    tax = parse_taxonomy(
+        small(never_tip={"person": {**HAND, "hold_above": 0.3}}, concepts={"person": ["hand", "phone"]})
+    )
+    d = decide(probs(paper=0.4, hand=0.2, phone=0.15), LABELS, tax)  # person 35%
+    assert (
+        d.held == "a hand is on the tray" and d.item == "person" and d.item_confidence == pytest.approx(0.35)
+    )
+    assert decide(probs(paper=0.6, hand=0.1, phone=0.1), LABELS, tax).bin == "recyclable"
+
+
 def test_an_unknown_item_is_held_or_sent_to_the_fallback_bin():
     rule = ood.OodRule("max_probability", 0.5)
     spread = probs(paper=0.3, can=0.25)  # recyclable 55%: below the OOD threshold on the top label
@@ -259,3 +300,17 @@ def test_sorting_unknown_is_validated():
     with pytest.raises(SmartbinError) as err:
         parse_config({"sorting": {"unknown": "tip"}})
     assert "hold or fallback" in str(err.value)
+
+
+def test_an_unknown_item_the_costs_moved_goes_where_the_costs_put_it():
+    """A likely-hazardous unknown item: held for, or sent to, the bin the costs chose, never the fallback."""
+    data = TAX.to_dict()
+    bins = list(data["bins"])
+    data["costs"] = {t: {c: 0 if t == c else 5 if t == "hazardous" else 1 for c in bins} for t in bins}
+    priced = parse_taxonomy(data)
+    rule = ood.OodRule("max_probability", 0.5)
+    battery = probs(paper=0.4, battery=0.35)  # unknown (top 40%), and hazardous at 35% x 5 wins the costs
+    held = decide(battery, LABELS, priced, ood=rule)
+    assert held.cost_rule and held.override_bin == "hazardous" and held.held == unknown_reason("hazardous")
+    sent = decide(battery, LABELS, priced, ood=rule, unknown="fallback")
+    assert sent.bin == "hazardous" and sent.cost_rule

@@ -106,6 +106,104 @@ def test_run_fits_the_temperature_on_val_and_reports_calibration(tiny_run):
     assert (tiny_run / "bundle" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_run_fits_the_ood_threshold_on_val_and_reports_what_it_holds(tiny_run):
+    """The ood block: fitted on the calibrated int8 val outputs, at most 2% of each folder's waste held."""
+    from edge.model import ood
+    from host_training.ood_fit import held_summary
+
+    bundle = load_bundle(tiny_run / "bundle")
+    block = bundle.meta["ood"]
+    assert bundle.ood == ood.OodRule(block["score"], block["threshold"]) and block["fitted_on"] == "val"
+    assert block["max_held"] == 0.02 and block["not_waste_photos"] == 0  # the tiny data has no hands
+    assert "no never-tip (not-waste) photos in val" in block["chosen_by"]
+    assert set(block["val_held"]) == {Path(s).name for s in run_sources(tiny_run)}
+    assert all(share <= 0.02 for share in block["val_held"].values())
+    result = json.loads((tiny_run / "report.json").read_text())["result"]
+    o = result["ood"]
+    assert o["score"] == block["score"] and set(o["candidates"]) == set(ood.SCORES)
+    assert {f: r["held_by_ood"] for f, r in o["val"]["folders"].items()} == block["val_held"]
+    # the test shares are the bin's decisions on the saved int8 test outputs
+    test = Split.load(tiny_run / "split.json").subset("test")
+    saved = np.load(tiny_run / "test_predictions.npz")["int8"]
+    sources = [run_sources(tiny_run)[p.source] for p in test]
+    again = held_summary(
+        saved,
+        [p.label for p in test],
+        [Path(s).name for s in sources],
+        bundle.labels,
+        bundle.taxonomy,
+        bundle.ood,
+    )
+    assert o["test"] == again == result["held"]
+    assert bundle.meta["metrics"]["int8_waste_held"] == again["waste"]["held"]
+    card = (tiny_run / "bundle" / "MODEL_CARD.md").read_text()
+    assert "## Unknown items (out of distribution)" in card and "![ood trade-off](ood_tradeoff.png)" in card
+    assert f"Score `{block['score']}`" in card and "The four-bin figures are **without holding**" in card
+    assert "waste held (not tipped)" in card
+    assert (tiny_run / "bundle" / "ood_tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_ood_score_is_chosen_by_the_never_tip_photos_it_holds():
+    """Hand-made val outputs: two folders of waste and some hands; each score's threshold holds at most
+    2% of each folder's waste, the score chosen holds the most hands, and 0 turns the block off."""
+    from edge.model import ood
+    from edge.model.taxonomy import parse_taxonomy
+    from host_training.ood_fit import fit_ood
+    from host_training.settings import TrainSettings
+    from host_training.train import fit_unknown
+
+    labels = ["paper", "battery", "hand"]
+    tax = parse_taxonomy(
+        {
+            "name": "t",
+            "default_bin": "other",
+            "bins": {"recyclable": {}, "hazardous": {}, "other": {}},
+            "items": {"paper": "recyclable", "battery": "hazardous"},
+            "never_tip": {"hand": {}},
+        }
+    )
+    rng = np.random.default_rng(0)
+
+    def rows(n, top, spread):  # top label sure, the rest spread over the others
+        p = rng.dirichlet(np.ones(3) * spread, n) * 0.3
+        p[:, top] += 0.7
+        return p / p.sum(1, keepdims=True)
+
+    # hands the model mostly takes for paper or battery at middling confidence: spread rows
+    hands = rng.dirichlet([3, 3, 1], 40)
+    unsure = rng.dirichlet([2, 2, 0.2], 10)  # paper the model is unsure of, some taken for battery
+    parts = [rows(140, 0, 0.5), unsure, rows(50, 1, 0.5), rows(40, 0, 0.5), rows(20, 1, 0.5), hands]
+    probs = np.concatenate(parts).astype(np.float32)  # as the bin reads them
+    truth = ["paper"] * 150 + ["battery"] * 50 + ["paper"] * 40 + ["battery"] * 20 + ["hand"] * 40
+    folders = ["a"] * 200 + ["b"] * 60 + ["c"] * 40
+    block, account = fit_ood(probs, truth, folders, labels, tax)
+    assert block["not_waste_photos"] == 40 and block["photos"] == 260 and set(block["val_held"]) == {"a", "b"}
+    for name, c in account["candidates"].items():
+        values = ood.score(name, probs)
+        assert ood.held_share(values[:200], c["threshold"]) <= 0.02
+        assert ood.held_share(values[200:260], c["threshold"]) <= 0.02
+    best = max(c["not_waste_held"] for c in account["candidates"].values())
+    assert account["candidates"][block["score"]]["not_waste_held"] == best > 0
+    assert (
+        f"holds the most of the 40 never-tip (not-waste) val photos at its threshold: {best}"
+        in (block["chosen_by"])
+    )
+    assert (
+        sum(
+            r["held_by_never_tip"] + r["held_by_ood"] + r["tipped"]
+            for r in account["val"]["not_waste"].values()
+        )
+        == 40
+    )
+    # without hands, the score that best separates right from wrong waste photos
+    block, account = fit_ood(probs[:260], truth[:260], folders[:260], labels, tax)
+    aurocs = {n: c["auroc_right_vs_wrong"] for n, c in account["candidates"].items()}
+    assert (
+        block["score"] == max(aurocs, key=lambda n: aurocs[n] or 0) and "no never-tip" in block["chosen_by"]
+    )
+    assert fit_unknown(probs, None, labels, tax, TrainSettings(ood_max_held=0)) is None
+
+
 def test_the_run_shows_what_the_augmentation_does(tiny_run):
     assert (tiny_run / "augmented_views.png").read_bytes()[:4] == b"\x89PNG"
 

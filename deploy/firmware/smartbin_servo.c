@@ -209,7 +209,7 @@ static void handle_lid(char **words, uint8_t n) {
         reply_error(5, out);
         return;
     }
-    if (home && (home < SERVO_MIN_US || home > SERVO_MAX_US)) {
+    if (strcmp(words[4], "HOLD") && (home < SERVO_MIN_US || home > SERVO_MAX_US)) { /* 0 is no HOLD */
         snprintf(out, sizeof out, "pulse %ld outside %u..%u", home, SERVO_MIN_US, SERVO_MAX_US);
         reply_error(3, out);
         return;

@@ -21,12 +21,14 @@ than the most probable one: then the costs have already said where an
 uncertain item is safest.
 
 Some things on the tray are not waste. A label (or concept) under the taxonomy's ``never_tip`` that
-wins is **held**: ``bin`` is None, ``held`` says why, and ``override`` whether a second press of the
-sort button (a person checked) may sort it, to ``override_bin`` (the best waste bin of the other
-labels). With the bundle's ``ood`` rule (edge/model/ood.py), a waste item whose score is below its
-threshold is unknown: held (``unknown="hold"``, a second press sends it to the fallback bin) or sent
-to the fallback bin at once (``unknown="fallback"``, marked uncertain). A held decision is not
-``empty``: the tray holds something, it is just not tipped.
+wins is **held**, and so is one whose rule has ``hold_above: p`` and whose probability (its labels'
+summed) is at least ``p`` while another item wins (then ``item`` names it): ``bin`` is None,
+``held`` says why, and ``override`` whether a second press of the sort button (a person checked) may
+sort it, to ``override_bin`` (the best waste bin of the other labels). With the bundle's ``ood``
+rule (edge/model/ood.py), a waste item whose score is below its threshold is unknown: held
+(``unknown="hold"``, a second press sends it to the fallback bin) or sent to the fallback bin at once
+(``unknown="fallback"``, marked uncertain). A held decision is not ``empty``: the tray holds
+something, it is just not tipped.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from edge.model.ood import OodRule
-from edge.model.taxonomy import Taxonomy
+from edge.model.taxonomy import NeverTip, Taxonomy
 
 # From bench/accuracy.py's sweep on the shipped model's validation split (docs/benchmarks.md): the
 # lowest threshold at which the items it lets through reach 99% bin accuracy; 6.7% go to the fallback.
@@ -99,6 +101,24 @@ def concept_probabilities(
     return names, sums
 
 
+def held_above(
+    item_probs: np.ndarray, labels: Sequence[str], taxonomy: Taxonomy
+) -> tuple[str, float, NeverTip] | None:
+    """The never-tip name whose rule has ``hold_above`` and whose probability (its labels' summed) reaches
+    it, the most probable if several: ``(name, probability, rule)``; None when none does."""
+    found: tuple[str, float, NeverTip] | None = None
+    index = {label: i for i, label in enumerate(labels)}
+    for name, rule in taxonomy.never_tip.items():
+        if rule.hold_above is None:
+            continue
+        p = float(
+            sum(float(item_probs[index[label]]) for label in taxonomy.labels_of(name) if label in index)
+        )
+        if p >= rule.hold_above and (found is None or p > found[1]):
+            found = (name, p, rule)
+    return found
+
+
 def expected_costs(bin_probs: dict[str, float], taxonomy: Taxonomy) -> dict[str, float]:
     """For each bin, what choosing it costs on average over the bin probabilities."""
     return {
@@ -129,8 +149,9 @@ def decide(
     The item and ``top_items`` are concepts, each with the summed probability of its labels; the bin
     probabilities are summed over the labels' bins. Below ``threshold`` the item is marked uncertain
     and goes to ``fallback_bin`` (default: the taxonomy's default bin), unless the costs moved it off
-    the most probable bin (see the module's docstring). A never-tip item that wins is held; a waste
-    item that ``ood`` finds unknown is held or sent to the fallback bin (``unknown``: hold or fallback).
+    the most probable bin (see the module's docstring). A never-tip item that wins is held, and one
+    whose probability reaches its rule's ``hold_above`` though another item wins; a waste item that
+    ``ood`` finds unknown is held or sent to the fallback bin (``unknown``: hold or fallback).
     """
     if unknown not in UNKNOWN_CHOICES:
         raise ValueError(f"unknown={unknown!r}: use one of {UNKNOWN_CHOICES}")
@@ -144,6 +165,10 @@ def decide(
     ood_score = None if ood is None else ood.value(mean)
     bins = bin_probabilities(mean, labels, taxonomy)
     rule = taxonomy.never_tip_rule(item)
+    if rule is None:  # a never-tip item that does not win is held when its rule says hold_above
+        above = held_above(mean, labels, taxonomy)
+        if above is not None:
+            item, item_conf, rule = above
     if rule is not None:
         # the best waste bin of the other labels, for a person who checked and pressed sort again
         waste = sum(bins.values()) > 0
@@ -168,9 +193,11 @@ def decide(
     best = choose_bin(bins, taxonomy)
     cost_rule = best != likeliest
     if ood is not None and ood_score < ood.threshold:
+        # as for an uncertain item: the fallback bin, unless the costs moved it (a likely hazardous item)
+        safest = best if cost_rule else fallback
         unknown_item = Decision(
             item,
-            fallback,
+            safest,
             bins[best],
             item_conf,
             True,
@@ -178,18 +205,13 @@ def decide(
             top,
             len(probs),
             likeliest,
-            False,
+            cost_rule,
             ood_score=ood_score,
         )
         if unknown == "fallback":
             return unknown_item
         return dataclasses.replace(
-            unknown_item,
-            bin=None,
-            cost_rule=cost_rule,
-            held=unknown_reason(fallback),
-            override=True,
-            override_bin=fallback,
+            unknown_item, bin=None, held=unknown_reason(safest), override=True, override_bin=safest
         )
     uncertain = bins[likeliest] < threshold
     chosen = fallback if uncertain and not cost_rule else best

@@ -11,7 +11,9 @@ labels, and the decision, the counts and the events name the top-most concept.
 The optional ``never_tip`` names labels (or concepts) that are not waste (a hand, a phone): the bin
 never tips them by itself. Each has a reason (what the tray fault says) and whether a person may
 override it with a second press of the sort button. Unlike ``ignore`` (an empty tray), a never-tip
-item is on the tray and stays there.
+item is on the tray and stays there. By default it is held when it is the most probable item; with
+``hold_above: p`` it is held whenever its probability (its labels' summed) is at least ``p``, even when
+another item wins (a hand at 40% beside paper at 45%).
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ BIN_ID = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 CONCEPT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")  # the rule of an item label (edge.images.LABEL)
 MAX_COST = 1e6
 CONCEPTS_EXAMPLE = "concepts: {glass: [glass-bottle, glassware], metal: [metal, drink-can]}"
-NEVER_TIP_EXAMPLE = 'never_tip: {hand: {reason: "a hand is on the tray", override: false}, phone: {}}'
+NEVER_TIP_EXAMPLE = (
+    'never_tip: {hand: {reason: "a hand is on the tray", override: false, hold_above: 0.2}, phone: {}}'
+)
+NEVER_TIP_KEYS = ("reason", "override", "hold_above")
 MAX_REASON = 200
 
 
@@ -40,6 +45,8 @@ class NeverTip:
 
     reason: str
     override: bool = True
+    # hold when this item's probability is at least this, even if another item wins; None: only when it wins
+    hold_above: float | None = None
 
 
 def default_reason(label: str) -> str:
@@ -175,7 +182,12 @@ class Taxonomy:
             **(
                 {
                     "never_tip": {
-                        k: {"reason": r.reason, "override": r.override} for k, r in self.never_tip.items()
+                        k: {
+                            "reason": r.reason,
+                            "override": r.override,
+                            **({"hold_above": r.hold_above} if r.hold_above is not None else {}),
+                        }
+                        for k, r in self.never_tip.items()
                     }
                 }
                 if self.never_tip
@@ -256,7 +268,8 @@ def parse_taxonomy(data: Any, source: str = "taxonomy") -> Taxonomy:
 
 
 def parse_never_tip(raw: Any, fail) -> dict[str, NeverTip]:
-    """``never_tip``: a list of labels, or label -> {reason: text, override: bool} (both optional)."""
+    """``never_tip``: a list of labels, or label -> {reason: text, override: bool, hold_above: p} (all
+    optional)."""
     if raw is None:
         return {}
     if isinstance(raw, list):
@@ -276,10 +289,11 @@ def parse_never_tip(raw: Any, fail) -> dict[str, NeverTip]:
         spec = {} if spec is None else spec
         if not isinstance(spec, Mapping):
             raise fail(f"{key} is not a mapping", f"write {name}: {{reason: ..., override: true}}")
-        unknown = sorted(str(k) for k in spec if k not in ("reason", "override"))
+        unknown = sorted(str(k) for k in spec if k not in NEVER_TIP_KEYS)
         if unknown:
             raise fail(
-                f"{key} has unknown keys {unknown}", "it takes reason (text) and override (true/false)"
+                f"{key} has unknown keys {unknown}",
+                "it takes reason (text), override (true/false) and hold_above (a probability, 0 < p <= 1)",
             )
         reason = spec.get("reason", default_reason(name))
         if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
@@ -293,7 +307,18 @@ def parse_never_tip(raw: Any, fail) -> dict[str, NeverTip]:
                 f"{key}.override = {override!r} is not true or false",
                 "true: a second press of the sort button sorts it (a person checked); false: never",
             )
-        rules[name] = NeverTip(reason.strip(), override)
+        hold_above = spec.get("hold_above")
+        if hold_above is not None and (
+            isinstance(hold_above, bool)
+            or not isinstance(hold_above, (int, float))
+            or not 0 < hold_above <= 1  # NaN fails this too
+        ):
+            raise fail(
+                f"{key}.hold_above = {hold_above!r} is not a probability above 0 and at most 1",
+                f"write e.g. {name}: {{hold_above: 0.2}} (held whenever its probability is at least 20%, "
+                "chosen on validation), or leave it out to hold it only when it is the most probable item",
+            )
+        rules[name] = NeverTip(reason.strip(), override, None if hold_above is None else float(hold_above))
     return rules
 
 

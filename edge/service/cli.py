@@ -196,9 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
         "bin accuracy) or bin ids (bin accuracy). Run it on a training run's test_split/ to "
         "check that the bin reproduces the training report. With --model A --model B, score two "
         "bundles on the same photos side by side: bin accuracy overall and per label, the photos "
-        "each puts in the right bin that the other does not, and a verdict.",
+        "each puts in the right bin that the other does not, and a verdict. Folders of things that are "
+        "not waste are scored by what the bin does with them, held or tipped (and where), never by "
+        "accuracy: a never_tip label of the taxonomy (a hand), and with --unknown-ok any folder the model "
+        "and taxonomy do not know (keys, a wallet).",
     )
     p.add_argument("--data", required=True, help="folder of <label or bin>/<photo> files")
+    p.add_argument(
+        "--unknown-ok",
+        action="store_true",
+        help="accept folders named after no model label, taxonomy item or bin: things the model never saw "
+        "(keys, a wallet), scored only as held or tipped",
+    )
     add_model_options(p, compare=True)
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     p.add_argument("--plots", metavar="DIR", help="write confusion matrix PNGs here (needs matplotlib)")
@@ -344,24 +353,41 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
+def scorable(label: str, labels: Sequence[str], taxonomy: Taxonomy) -> bool:
+    """Whether a folder's photos have a truth to score accuracy against: a model label, a taxonomy item,
+    an ignored label or a bin."""
+    return label in labels or label in taxonomy.bin_ids or label in taxonomy.items or label in taxonomy.ignore
+
+
+def not_waste(label: str, taxonomy: Taxonomy) -> bool:
+    """A never_tip label or concept of the taxonomy (a hand, a phone)."""
+    return label in taxonomy.never_tip_labels or label in taxonomy.never_tip
+
+
 def read_eval_folders(
-    data: Path, classifiers: Sequence[Classifier], taxonomies: Sequence[Taxonomy], limit: int | None
+    data: Path,
+    classifiers: Sequence[Classifier],
+    taxonomies: Sequence[Taxonomy],
+    limit: int | None,
+    unknown_ok: bool = False,
 ):
     """The photos, once every sub-folder (or review label) is known (to one of the models) as a label,
-    a taxonomy item or a bin."""
+    a taxonomy item, a never_tip label or a bin; with ``unknown_ok`` any folder is (not waste)."""
     pairs = labelled_images(data)
     folders = {label for _, label in pairs}
     known: set[str] = set()
     for classifier, taxonomy in zip(classifiers, taxonomies):
         known |= {*classifier.labels, *taxonomy.bin_ids, *taxonomy.items, *taxonomy.ignore}
+        known |= {*taxonomy.never_tip_labels, *taxonomy.never_tip}
     unknown = sorted(folders - known)
-    if unknown:
+    if unknown and not unknown_ok:
         first = classifiers[0]
         raise SmartbinError(
-            f"{data}: folders {unknown} are neither model labels nor bins of taxonomy "
+            f"{data}: folders {unknown} are neither model labels, never_tip labels nor bins of taxonomy "
             f"{first.bundle.taxonomy.name!r}",
             f"name sub-folders after labels ({', '.join(first.labels)}) or bins "
-            f"({', '.join(first.bundle.taxonomy.bin_ids)})",
+            f"({', '.join(first.bundle.taxonomy.bin_ids)}); for photos of things the model never saw "
+            "(keys, a wallet), scored only as held or tipped, pass --unknown-ok",
         )
     if limit:
         by_label: dict[str, list] = {}
@@ -407,10 +433,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # A new item labelled on the page is scored against the bin the technician gave it, for both models.
     taught = review_labels(args.data).bins if is_review_folder(args.data) else {}
     taxonomies = [c.bundle.taxonomy.with_items(taught) for c in classifiers]
-    pairs = read_eval_folders(Path(args.data), classifiers, taxonomies, args.limit)
-    probs, truth, paths, skipped = predict_photos(classifiers, pairs, Path(args.data))
+    pairs = read_eval_folders(Path(args.data), classifiers, taxonomies, args.limit, args.unknown_ok)
     if len(classifiers) == 2:
+        # bins are compared on the photos both models can score; the other folders have no true bin
+        kept = [
+            (path, label)
+            for path, label in pairs
+            if any(
+                scorable(label, c.labels, t) and not not_waste(label, t)
+                for c, t in zip(classifiers, taxonomies)
+            )
+        ]
+        if len(kept) < len(pairs):
+            log.info(
+                "comparing bins on %d photos: %d of folders with no bin left out",
+                len(kept),
+                len(pairs) - len(kept),
+            )
+        probs, truth, paths, skipped = predict_photos(classifiers, kept, Path(args.data))
         return compare_eval(args, classifiers, taxonomies, probs, truth, paths, skipped)
+    probs, truth, paths, skipped = predict_photos(classifiers, pairs, Path(args.data))
     (classifier,), (probs_arr,), (taxonomy,) = classifiers, probs, taxonomies
     labels = classifier.labels
     result: dict[str, Any] = {
@@ -419,8 +461,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "runtime": classifier.runtime,
         "skipped": skipped,
     }
-    result.update(score_predictions(probs_arr, truth, labels, taxonomy))
-    result["held"] = held_shares(probs_arr, truth, labels, taxonomy, config, classifier.bundle.ood)
+    # accuracy on the photos with a truth to score (a hand the model knows is scored as an item too);
+    # folders of things the model never saw have none
+    scored = [i for i, label in enumerate(truth) if scorable(label, labels, taxonomy)]
+    if scored:
+        result.update(score_predictions(probs_arr[scored], [truth[i] for i in scored], labels, taxonomy))
+    ood = classifier.bundle.ood
+    result["held"] = held_shares(probs_arr, truth, labels, taxonomy, config, ood)
+    result["not_waste"] = not_waste_outcomes(probs_arr, truth, labels, taxonomy, config, ood)
     if args.plots:
         out = Path(args.plots)
         out.mkdir(parents=True, exist_ok=True)
@@ -444,6 +492,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 print()
         shares = ", ".join(f"{label} {share:.1%}" for label, share in result["held"].items())
         print(f"held on the tray (not tipped) per label folder: {shares}")
+        for label, r in result["not_waste"].items():
+            tipped = ", ".join(f"{b} {share:.1%}" for b, share in r["tipped_to"].items())
+            print(
+                f"not waste ({r['kind']}, no accuracy): {label}, {r['n']} photos: held {r['held']:.1%} "
+                f"(never-tip label {r['held_by_never_tip']:.1%}, unknown {r['held_by_ood']:.1%}), "
+                f"tipped {r['tipped']:.1%}" + (f" ({tipped})" if tipped else "")
+            )
         if "bin_most_probable" in result:
             plain = result["bin_most_probable"]
             print(
@@ -464,6 +519,48 @@ def held_shares(
         d = decide(p, labels, taxonomy, model.threshold, model.fallback_bin, 1, ood, config.sorting.unknown)
         held.setdefault(label, []).append(d.held is not None)
     return {label: sum(v) / len(v) for label, v in sorted(held.items())}
+
+
+def not_waste_outcomes(
+    probs: np.ndarray, truth: Sequence[str], labels: Sequence[str], taxonomy: Taxonomy, config: Config, ood
+) -> dict[str, dict[str, Any]]:
+    """Per folder of things that are not waste (a never_tip label, or ``unknown``: a folder the model and
+    taxonomy do not know), what the bin does with its photos, deciding as the daemon does: the share
+    held (by a never-tip label, by the ``ood`` rule) and the share tipped, per bin."""
+    model = config.model
+    out: dict[str, dict[str, Any]] = {}
+    for p, label in zip(probs, truth):
+        if scorable(label, labels, taxonomy) and not not_waste(label, taxonomy):
+            continue
+        r = out.setdefault(
+            label,
+            {
+                "kind": "never_tip" if not_waste(label, taxonomy) else "unknown",
+                "n": 0,
+                "never": 0,
+                "ood": 0,
+                "bins": {},
+            },
+        )
+        d = decide(p, labels, taxonomy, model.threshold, model.fallback_bin, 1, ood, config.sorting.unknown)
+        r["n"] += 1
+        if d.held is not None:
+            r["never" if taxonomy.never_tip_rule(d.item) is not None else "ood"] += 1
+        elif d.bin is not None:
+            r["bins"][d.bin] = r["bins"].get(d.bin, 0) + 1
+    return {
+        label: {
+            "kind": r["kind"],
+            "n": r["n"],
+            "held": (r["never"] + r["ood"]) / r["n"],
+            "held_by_never_tip": r["never"] / r["n"],
+            "held_by_ood": r["ood"] / r["n"],
+            "tipped": sum(r["bins"].values()) / r["n"],
+            "tipped_to": {b: c / r["n"] for b, c in sorted(r["bins"].items())},
+            "seen_as_empty": (r["n"] - r["never"] - r["ood"] - sum(r["bins"].values())) / r["n"],
+        }
+        for label, r in sorted(out.items())
+    }
 
 
 def compare_eval(args, classifiers, taxonomies, probs, truth, paths, skipped) -> int:

@@ -38,8 +38,15 @@ def bin_is_text(args: dict[str, Any]) -> None:
 def register_commands(table: CommandTable, daemon: SortingBin, device_id: str) -> None:
     """The MQTT commands (edge.mqtt.commands), carried out on ``daemon`` for the bin ``device_id``."""
 
+    done: list[str] = []  # the request_id of the last sort carried out
+
     def sort(command: Command) -> dict[str, Any]:
+        # MQTT delivers a QoS 1 message at least once: a duplicate must not count as a second press
+        if command.request_id is not None and command.request_id in done:
+            raise CommandError(f"sort {command.request_id!r} was already received; send a new request_id")
         refused = daemon.request_sort("MQTT sort command")  # why it cannot happen (an empty tray), or None
+        if command.request_id is not None:
+            done[:] = [command.request_id]
         if refused:
             raise CommandError(refused)
         return {}

@@ -86,6 +86,7 @@ log = logging.getLogger("smartbin.daemon")
 STATUS_EVERY_S = 2.0
 IDLE_WAIT_S = 0.05
 LEDGER_RETRY_S = 2.0  # a ledger that refused a write is tried again this often
+OVERRIDE_WINDOW_S = 30.0  # the second press that sorts a held item must come this soon after the first
 LOOP_RETRY_S = 0.5  # pause after an exception in the loop, so a repeating one does not spin
 LOOP_FAULT_HOLD_S = 30.0  # how long a loop exception stays on the state topic after the last one
 TRAY_SAVE_EVERY_S = 600.0  # the remembered empty tray follows the lighting this often
@@ -157,9 +158,11 @@ class Daemon:
         self._held_lock = threading.Lock()  # the held item is read by the MQTT thread's sort command
         self.held: Item | None = None  # an item held on the tray (Decision.held), never tipped by itself
         self._held_presses = 0  # presses of sort since it was held
+        self._first_press_at = 0.0
         self._override_now = False  # a person pressed twice: sort the held item
         self._held_fault: str | None = None  # the tray fault the hold set
-        self._held_frame: np.ndarray | None = None  # its last frame, kept for review if it is sorted
+        self._held_messages: list[dict[str, Any]] = []  # held messages the ledger refused, retried
+        self._lid_tray: np.ndarray | None = None  # the empty tray, while an item waits for the lid
         self.started = False  # the parts below are built together by start(), or not at all
         self.pending: Item | None = None
         self.votes: list[np.ndarray] = []
@@ -212,18 +215,27 @@ class Daemon:
                     if self.trigger.shows_item is None:  # the camera cannot tell the tray is clear:
                         self._sort_now.set()  # the model looks again (held again while it is there)
                     return refused
+                now = self.clock()
+                if self._held_presses and now - self._first_press_at > OVERRIDE_WINDOW_S:
+                    self._held_presses = 0  # a press long after the first starts again
                 self._held_presses += 1
                 if self._held_presses < 2:
-                    refused = f"{decision.held}; press sort again to sort it into {decision.override_bin}"
+                    self._first_press_at = now
+                    refused = (
+                        f"{decision.held}; press sort again within {OVERRIDE_WINDOW_S:g} s to sort it "
+                        f"into {decision.override_bin}"
+                    )
                     log.warning("%s refused: %s", source, refused)
                     return refused
                 log.warning(
-                    "%s pressed again: sorting the held %s into %s, a person checked it",
+                    "%s pressed again: the model looks again, and sorts the held %s into %s if it still "
+                    "sees it alone (a person checked it)",
                     source,
                     decision.item,
                     decision.override_bin,
                 )
                 self._override_now = True
+                self._sort_now.set()
                 return None
         log.info("%s: sorting what is on the tray now", source)
         self._sort_now.set()
@@ -353,9 +365,15 @@ class Daemon:
             self._stop.wait(IDLE_WAIT_S)
         else:
             return None
+        return self._frame_shows_item(frame)
+
+    def _frame_shows_item(self, frame: np.ndarray, tray: np.ndarray | None = None) -> bool | None:
+        """Whether ``frame`` shows an item on the remembered empty tray (``None``: cannot tell)."""
         cfg = self.config.trigger
-        tray = load_tray(tray_file(self.config), frame.shape, cfg.roi)
-        if tray is None or cfg.mode != "presence":
+        if cfg.mode != "presence":
+            return None
+        tray = tray if tray is not None else load_tray(tray_file(self.config), frame.shape, cfg.roi)
+        if tray is None:
             return None
         return changed_share(analysis_view(frame, cfg.roi), tray, cfg.pixel_level) >= cfg.area
 
@@ -454,7 +472,11 @@ class Daemon:
         if self.unrecorded is not None:
             self.count_tipped()  # nothing moves until the tipped item is counted
             return
+        self.queue_held_messages()
         if self.pending is not None:
+            if self._lid_tray is not None and self._frame_shows_item(frame, self._lid_tray) is False:
+                self.taken_while_lid_open(self.pending)
+                return
             if self.servo.ready and self.clock() >= self._ledger_retry_at:
                 self.attempt(self.pending)
             return  # the item waits on the tray for the servo or the ledger; nothing new is classified
@@ -473,9 +495,6 @@ class Daemon:
         self._remember_tray(frame.shape)
         if self.held is not None and self.trigger.shows_item is False:
             self.release_held("taken off the tray")
-        if self.held is not None and self._override_now:
-            self.sort_held()
-            return
         if self._sort_now.is_set() and self.trigger.shows_item is False:
             self._sort_now.clear()
             log.warning("sort refused: the tray is empty")
@@ -530,7 +549,10 @@ class Daemon:
             },
         )
         if decision.held is not None:
-            self.hold(item, frames[-1])
+            if self._take_override(decision):
+                self.sort_held(item, frames[-1])
+            else:
+                self.hold(item)
             return
         if self.held is not None:  # the camera cannot see the tray (continuous, manual): the model can
             self.release_held(
@@ -568,7 +590,7 @@ class Daemon:
 
     # -- items held on the tray (not waste, or unknown) ---------------------------------------
 
-    def hold(self, item: Item, frame: np.ndarray) -> None:
+    def hold(self, item: Item) -> None:
         """Leave a held item on the tray: never tipped, never a move in the ledger, a ``tray`` fault and
         one ``held`` message (queued in the ledger's outbox, so a broker outage never loses it)."""
         decision = item.decision
@@ -578,7 +600,6 @@ class Daemon:
             if same:  # the same item classified again (continuous mode, or a press): one message
                 return
             self.held, self._held_presses, self._override_now = item, 0, False
-            self._held_frame = frame
         then = (
             f"press sort twice to sort it into {decision.override_bin}"
             if decision.override
@@ -596,17 +617,26 @@ class Daemon:
             "confidence": round(decision.item_confidence, 4),
             "time": item.record.time,
         }
-        if not self._write(
-            f"queueing the held message of {decision.item}", lambda: self.ledger.queue_held(item.id, payload)
-        ):
-            log.error("the held message of %s is not queued (the ledger refuses writes)", decision.item)
+        self._held_messages.append(payload)
+        self.queue_held_messages()
         self.telemetry.notify()
+
+    def queue_held_messages(self) -> None:
+        """Queue the held messages in the ledger's outbox; a refused write is tried again from the loop."""
+        while self._held_messages and self.clock() >= self._ledger_retry_at:
+            payload = self._held_messages[0]
+            if not self._write(
+                f"queueing the held message of {payload['item']}",
+                lambda p=payload: self.ledger.queue_held(p["id"], p),
+            ):
+                return
+            self._held_messages.pop(0)
+            self.telemetry.notify()
 
     def release_held(self, why: str) -> None:
         """The held item is gone: its tray fault clears."""
         with self._held_lock:
             item, self.held, self._held_presses, self._override_now = self.held, None, 0, False
-            self._held_frame = None
         if item is None:
             return
         log.info("held %s %s; the hold is cleared", item.decision.item, why)
@@ -615,12 +645,20 @@ class Daemon:
         self._held_fault = None
         self.telemetry.notify()
 
-    def sort_held(self) -> None:
-        """A person pressed sort twice on an item a press may sort: into its override bin, once."""
+    def _take_override(self, decision: Decision) -> bool:
+        """Whether this fresh decision may be sorted by the press that asked for it: the same held item,
+        seen again alone, that a press may sort. The press is used up either way."""
         with self._held_lock:
-            item, self.held, self._held_presses, self._override_now = self.held, None, 0, False
-            frame, self._held_frame = self._held_frame, None
-        if item is None or not item.decision.override:  # a hand is never sorted, whatever asked
+            asked, self._override_now = self._override_now, False
+            held = self.held
+        return asked and held is not None and decision.override and decision.item == held.decision.item
+
+    def sort_held(self, item: Item, frame: np.ndarray) -> None:
+        """A person pressed sort twice and the model, looking again, still sees the same held item that a
+        press may sort (never a hand): into its override bin, once."""
+        with self._held_lock:
+            self.held, self._held_presses, self._override_now = None, 0, False
+        if not item.decision.override:  # a hand is never sorted, whatever asked
             return
         if self.tray_fault == self._held_fault:
             self.tray_fault = None
@@ -735,7 +773,7 @@ class Daemon:
                 return
             self.park(item, fault.reason)
             return
-        self.pending = None
+        self.pending, self._lid_tray = None, None
         confirmed_at = moving_at + move_ms / 1000
         stages = {
             **item.stages,
@@ -775,6 +813,25 @@ class Daemon:
         if fault != self.tray_fault:
             log.warning("%s (%s)", fault, reason)
         self.tray_fault = fault
+        if self._lid_tray is None and self._frame_shape is not None:
+            cfg = self.config.trigger
+            self._lid_tray = load_tray(tray_file(self.config), self._frame_shape, cfg.roi)
+
+    def taken_while_lid_open(self, item: Item) -> None:
+        """The item was taken off the tray while it waited for the lid: its move is closed, never counted,
+        so closing the lid does not tip an empty tray and count an item that is gone."""
+        if not self._write(
+            "closing the move of an item taken off the tray",
+            lambda: self.ledger.end_move(item.id, parked=False),
+        ):
+            return
+        log.warning(
+            "item %s (%s) was taken off the tray while the lid was open: not tipped, not counted",
+            item.id[:8],
+            item.decision.item,
+        )
+        self.pending, self._lid_tray, self.tray_fault = None, None, None
+        self.trigger.handled()
 
     def park(self, item: Item, reason: str) -> None:
         self.tray_fault = (
@@ -782,7 +839,7 @@ class Daemon:
         )
         log.error("%s; it is not counted: take it off the tray by hand", self.tray_fault)
         self._write("recording a parked item", lambda: self.ledger.end_move(item.id, parked=True))
-        self.pending = None
+        self.pending, self._lid_tray = None, None
         self.trigger.handled()
 
     def counted(self, item: SortedItem, count: int) -> None:
