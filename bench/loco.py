@@ -80,6 +80,9 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--preset", action="append", help="training preset (several: side by side)")
     p.add_argument("--runs", default=str(REPO / "runs" / "loco"), help="folder for the training runs")
+    p.add_argument(
+        "--only", action="append", choices=FOLDERS, help="leave out only this folder (several allowed)"
+    )
     p.add_argument("--limit", type=int, help="score at most this many photos a label of the left-out folder")
     args = p.parse_args()
     presets = args.preset or ["household34"]
@@ -88,8 +91,9 @@ def main() -> None:
     folders = [SHARED / name for name in FOLDERS if (SHARED / name).is_dir()]
     if len(folders) < 2:
         raise SystemExit(f"leave-one-collection-out needs at least two of {FOLDERS} in {SHARED}")
+    runs = [r for r in plan(folders, presets, Path(args.runs)) if not args.only or r["left_out"] in args.only]
     rows = []
-    for run in plan(folders, presets, Path(args.runs)):
+    for run in runs:
         bundle = train(run)
         limit = ["--limit", str(args.limit)] if args.limit else []
         scored = smartbin("smartbin", "eval", "--model", str(bundle), "--data", run["test"], "--json", *limit)
@@ -109,9 +113,8 @@ def main() -> None:
             for r in rows
         ],
     )
-    write_result(
-        "loco", args.out, {"quick": args.quick, "presets": presets, "limit": args.limit, "rows": rows}
-    )
+    name = "loco" if not args.only else "loco-without-" + "-".join(sorted(args.only))
+    write_result(name, args.out, {"quick": args.quick, "presets": presets, "limit": args.limit, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -102,5 +102,5 @@ def test_config_check_and_train_help_find_what_ships_inside(installed, tmp_path)
     check = run(installed, "smartbin", "check", "--only", "model", cwd=tmp_path)
     assert check.returncode == 0 and "ok    model" in check.stdout, check.stdout + check.stderr
     train = run(installed, "smartbin-train", "--help", cwd=tmp_path)
-    presets = "(household34, teach, tiny, workstation)"
+    presets = "(household-deep, household34, teach, tiny, workstation)"
     assert train.returncode == 0 and presets in " ".join(train.stdout.split()), train.stdout
