@@ -98,6 +98,12 @@ class SimulatedTray:
         self._frames = 0
         self._lock = threading.Lock()
 
+    def take_back(self) -> None:
+        """A person takes the item off the tray by hand (one the bin held); the next comes after a gap."""
+        with self._lock:
+            if self.current is not None:
+                self.current, self._gap = None, self.gap_frames
+
     def servo_moved(self, channel: int, pulse_us: float) -> None:
         """Called by the emulated controller: a tipped tray drops its item."""
         with self._lock:

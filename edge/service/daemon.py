@@ -145,6 +145,7 @@ class Daemon:
         connect: Callable[[ServoConfig], Controller] = open_controller,
         notifier: Notifier | None = None,
         on_sorted: Callable[[SortedItem], None] | None = None,
+        on_held: Callable[[Decision], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         draw: Callable[[], float] = random.random,
     ) -> None:
@@ -152,6 +153,7 @@ class Daemon:
         self.opener, self.connect, self.clock, self.draw = opener, connect, clock, draw
         self.notifier = notifier or Notifier()
         self.on_sorted = on_sorted
+        self.on_held = on_held  # told of each item held on the tray (the demo's person takes it back)
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._sort_now = threading.Event()
@@ -552,7 +554,7 @@ class Daemon:
             if self._take_override(decision):
                 self.sort_held(item, frames[-1])
             else:
-                self.hold(item)
+                self.hold(item, frames[-1])
             return
         if self.held is not None:  # the camera cannot see the tray (continuous, manual): the model can
             self.release_held(
@@ -590,9 +592,10 @@ class Daemon:
 
     # -- items held on the tray (not waste, or unknown) ---------------------------------------
 
-    def hold(self, item: Item) -> None:
+    def hold(self, item: Item, frame: np.ndarray) -> None:
         """Leave a held item on the tray: never tipped, never a move in the ledger, a ``tray`` fault and
-        one ``held`` message (queued in the ledger's outbox, so a broker outage never loses it)."""
+        one ``held`` message (queued in the ledger's outbox, so a broker outage never loses it). Its
+        frame is kept for review: an item the model will not sort is the one a label helps most."""
         decision = item.decision
         self.trigger.handled()  # classified: wait for the tray to clear before the next item
         with self._held_lock:
@@ -600,6 +603,18 @@ class Daemon:
             if same:  # the same item classified again (continuous mode, or a press): one message
                 return
             self.held, self._held_presses, self._override_now = item, 0, False
+        save_for_review(
+            review_folder(self.config),
+            frame,
+            item.id,
+            time.time(),
+            decision,
+            item.probabilities,
+            self.classifier.labels,
+            self.classifier.bundle.model_id,
+            self.config.sorting.review_max,
+            "held",
+        )
         then = (
             f"press sort twice to sort it into {decision.override_bin}"
             if decision.override
@@ -620,6 +635,8 @@ class Daemon:
         self._held_messages.append(payload)
         self.queue_held_messages()
         self.telemetry.notify()
+        if self.on_held is not None:
+            self.on_held(decision)
 
     def queue_held_messages(self) -> None:
         """Queue the held messages in the ledger's outbox; a refused write is tried again from the loop."""

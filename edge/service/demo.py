@@ -25,6 +25,7 @@ from edge.camera.simulation import SimulatedTray
 from edge.config import Config
 from edge.images import IMAGE_SUFFIXES, expand_paths
 from edge.ledger import SortedItem, read_summary
+from edge.model.decision import Decision
 from edge.mqtt.client import broker_address
 from edge.service.daemon import Daemon
 from edge.servo.emulator import MaestroEmulator
@@ -100,11 +101,22 @@ def run_demo(args: Any) -> int:
             flush=True,
         )
 
+    held_items: list[str] = []
+
+    def held(decision: Decision) -> None:
+        """The bin would not tip it: the simulated person takes it back, and the next item comes."""
+        name = tray.current_name if tray else ""
+        held_items.append(decision.item)
+        print(f"  -  {(name or '')[:24]:<24} {decision.item:<16} held: {decision.held}; taken back")
+        if tray:
+            tray.take_back()
+
     logging.getLogger("smartbin.daemon").setLevel(logging.WARNING)  # the demo prints each item itself
     daemon = Daemon(
         config,
         opener=(lambda cfg: tray) if tray else open_source,
         on_sorted=show,
+        on_held=held,
     )
     daemon.install_signals()
     try:
@@ -112,6 +124,8 @@ def run_demo(args: Any) -> int:
     finally:
         emulator.stop()
     summarise(daemon, sorted_items, online, state)
+    if held_items:
+        print(f"{len(held_items)} items held on the tray and taken back: {', '.join(held_items)}")
     return code
 
 
