@@ -35,11 +35,14 @@ def installed(tmp_path_factory) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(source.read_bytes())
     wheels = root / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(build)],
-        check=True,
-        capture_output=True,
-    )
+    command = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(build)]
+    # pip fetches the build backend (setuptools) from the package index into an isolated environment;
+    # an index that does not answer once is tried again, and a second failure says what pip said
+    for _attempt in (1, 2):
+        built = subprocess.run(command, capture_output=True, text=True)
+        if built.returncode == 0:
+            break
+    assert built.returncode == 0, f"pip wheel failed twice:\n{built.stdout[-2000:]}\n{built.stderr[-3000:]}"
     (wheel,) = wheels.glob("smartbin-*.whl")
     assert "edge/shipped/models/household34-mnv2/model.tflite" in zipfile.ZipFile(wheel).namelist()
     venv = root / "venv"
