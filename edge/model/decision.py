@@ -192,11 +192,30 @@ def decide(
     likeliest = max(bins, key=bins.__getitem__)
     best = choose_bin(bins, taxonomy)
     cost_rule = best != likeliest
-    # an unknown item is uncertain: the fallback bin, unless the costs moved it (a likely hazardous item)
-    unknown_item = ood is not None and ood_score < ood.threshold
-    uncertain = unknown_item or bins[likeliest] < threshold
+    if ood is not None and ood_score < ood.threshold:
+        # as for an uncertain item: the fallback bin, unless the costs moved it (a likely hazardous item)
+        safest = best if cost_rule else fallback
+        unknown_item = Decision(
+            item,
+            safest,
+            bins[best],
+            item_conf,
+            True,
+            bins,
+            top,
+            len(probs),
+            likeliest,
+            cost_rule,
+            ood_score=ood_score,
+        )
+        if unknown == "fallback":
+            return unknown_item
+        return dataclasses.replace(
+            unknown_item, bin=None, held=unknown_reason(safest), override=True, override_bin=safest
+        )
+    uncertain = bins[likeliest] < threshold
     chosen = fallback if uncertain and not cost_rule else best
-    decision = Decision(
+    return Decision(
         item,
         chosen,
         bins[best],
@@ -209,8 +228,3 @@ def decide(
         cost_rule,
         ood_score=ood_score,
     )
-    if unknown_item and unknown == "hold":
-        return dataclasses.replace(
-            decision, bin=None, held=unknown_reason(chosen), override=True, override_bin=chosen
-        )
-    return decision

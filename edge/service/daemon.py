@@ -575,24 +575,20 @@ class Daemon:
             return
         kept = review_reason(decision.uncertain, self.config.sorting.review_sample, self.draw())
         if kept:
-            self.keep_for_review(item, frame, kept)
+            save_for_review(
+                review_folder(self.config),
+                frame,
+                item.id,
+                time.time(),
+                decision,
+                item.probabilities,
+                self.classifier.labels,
+                self.classifier.bundle.model_id,
+                self.config.sorting.review_max,
+                kept,
+            )
         self.pending = item
         self.attempt(item)
-
-    def keep_for_review(self, item: Item, frame: np.ndarray, kept: str) -> None:
-        """The item's frame and its decision in the review folder (``kept``: why), for labelling."""
-        save_for_review(
-            review_folder(self.config),
-            frame,
-            item.id,
-            time.time(),
-            item.decision,
-            item.probabilities,
-            self.classifier.labels,
-            self.classifier.bundle.model_id,
-            self.config.sorting.review_max,
-            kept,
-        )
 
     # -- items held on the tray (not waste, or unknown) ---------------------------------------
 
@@ -607,7 +603,18 @@ class Daemon:
             if same:  # the same item classified again (continuous mode, or a press): one message
                 return
             self.held, self._held_presses, self._override_now = item, 0, False
-        self.keep_for_review(item, frame, "held")
+        save_for_review(
+            review_folder(self.config),
+            frame,
+            item.id,
+            time.time(),
+            decision,
+            item.probabilities,
+            self.classifier.labels,
+            self.classifier.bundle.model_id,
+            self.config.sorting.review_max,
+            "held",
+        )
         then = (
             f"press sort twice to sort it into {decision.override_bin}"
             if decision.override
