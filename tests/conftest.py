@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,6 @@ def real_photos(label: str, n: int, source: Path = GARBAGE12) -> list[Path]:
 def shipped_bundle_with(folder: Path, **meta) -> Path:
     """A copy of the shipped bundle in ``folder``, its model.json with ``meta`` set (json writes NaN too)."""
     import json
-    import shutil
 
     copy = Path(shutil.copytree(SHIPPED, folder / "bundle"))
     data = json.loads((copy / "model.json").read_text())
@@ -101,6 +101,14 @@ def tiny_run(tiny_sources, tmp_path_factory) -> Path:
 def tiny_bundle(tiny_run, tmp_path) -> Path:
     """A private copy of the tiny run's bundle, free to damage."""
     return Path(shutil.copytree(tiny_run / "bundle", tmp_path / "bundle"))
+
+
+@pytest.fixture(autouse=True)
+def stop_leftover_daemons():
+    yield
+    for name in ("tests.test_daemon", "test_daemon"):
+        if name in sys.modules:
+            sys.modules[name].Running.stop_leftovers()
 
 
 @pytest.fixture()

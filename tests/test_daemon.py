@@ -8,6 +8,7 @@ import logging
 import socket
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -41,11 +42,24 @@ def config_for(tmp_path: Path, port: str, mqtt_port: int | None = None) -> Confi
 class Running:
     """A daemon on a background thread (signals are the subprocess tests' business)."""
 
+    started: ClassVar[list[Running]] = []
+
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.result: list[int] = []
         self.thread = threading.Thread(target=lambda: self.result.append(daemon.run()), daemon=True)
         self.thread.start()
+        Running.started.append(self)
+
+    @classmethod
+    def stop_leftovers(cls) -> None:
+        """Stop the daemons a failed test left running: one still inside the model when the interpreter
+        exits aborts it (``terminate called without an active exception``) and hides the real failure."""
+        while cls.started:
+            running = cls.started.pop()
+            if running.thread.is_alive():
+                running.daemon.request_stop()
+                running.thread.join(15.0)
 
     def stop(self, timeout_s: float = 15.0) -> int:
         self.daemon.request_stop()

@@ -598,11 +598,19 @@ class Daemon:
         frame is kept for review: an item the model will not sort is the one a label helps most."""
         decision = item.decision
         self.trigger.handled()  # classified: wait for the tray to clear before the next item
+        then = (
+            f"press sort twice to sort it into {decision.override_bin}"
+            if decision.override
+            else "it is never tipped: take it off the tray"
+        )
+        fault = f"{decision.item} held on the tray, not tipped and not counted: {decision.held}; {then}"
         with self._held_lock:
             same = self.held is not None and self.held.decision.item == decision.item
             if same:  # the same item classified again (continuous mode, or a press): one message
                 return
+            # held and its fault change together: a reader never sees a held item without its fault
             self.held, self._held_presses, self._override_now = item, 0, False
+            self._held_fault = self.tray_fault = fault
         save_for_review(
             review_folder(self.config),
             frame,
@@ -615,15 +623,7 @@ class Daemon:
             self.config.sorting.review_max,
             "held",
         )
-        then = (
-            f"press sort twice to sort it into {decision.override_bin}"
-            if decision.override
-            else "it is never tipped: take it off the tray"
-        )
-        self._held_fault = self.tray_fault = (
-            f"{decision.item} held on the tray, not tipped and not counted: {decision.held}; {then}"
-        )
-        log.warning("%s (%.0f%%)", self.tray_fault, decision.item_confidence * 100)
+        log.warning("%s (%.0f%%)", fault, decision.item_confidence * 100)
         payload = {
             "id": item.id,
             "item": decision.item,
