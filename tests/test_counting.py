@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import edge.camera.supervisor
 import edge.service.daemon
 from edge.camera.simulation import SimulatedTray
 from edge.ledger import Ledger, SortedItem
@@ -201,7 +202,7 @@ def test_every_manual_sort_of_an_empty_tray_is_refused_and_never_counted(tmp_pat
     emulator.stop()
     replies = [json.loads(p) for p in sub.payloads("/reply")]
     assert all(r["ok"] is False and r["error"] == "tray is empty" for r in replies)
-    assert "SIGUSR1 (smartbin sort) refused: the tray is empty" in caplog.text
+    assert "SIGUSR1 (smartbin sort) refused: tray is empty" in caplog.text
     assert not any(line.startswith("MOVE 0 1") and line != "MOVE 0 1500" for line in emulator.lines)
     assert Ledger(config.ledger.path).counts() == {}
     sub.close()
@@ -399,3 +400,56 @@ def test_a_stop_while_a_move_is_being_retried_leaves_the_item_and_it_is_sorted_o
     assert len(seen) == 1 and sum(ledger.counts().values()) == 1
     assert ledger.moving() == [] and ledger.parked_items() == 0
     assert "it will be sorted again" in caplog.text
+
+
+def test_a_sort_queued_before_the_tray_is_learned_is_refused_never_counted(tmp_path, emulator, caplog):
+    """A cmd/sort queued on the broker while the bin was down arrives as it starts. With no remembered
+    tray (a first install, a moved camera) nothing yet tells an item from the bare tray: refused."""
+    config = config_for(tmp_path, emulator.port)
+    tray = SimulatedTray(synthetic=1, fps=0, lead_frames=0)
+    emulator.on_move = tray.servo_moved
+    seen = []
+    daemon = Daemon(config, opener=lambda cfg: tray, on_sorted=seen.append)
+    daemon.request_sort("a queued cmd/sort")
+    running = Running(daemon)
+    wait_for(lambda: "the empty tray is being learned" in caplog.text, what="the sort refused")
+    wait_for(lambda: daemon.trigger.state.name == "EMPTY", what="the tray learned")
+    assert running.stop() == 0 and seen == [] and bin_moves(emulator, config) == []
+    assert Ledger(config.ledger.path).counts() == {}
+
+
+class BufferingCamera:
+    """A live camera that hands out frames late, as a V4L2 device with its queue of buffers does."""
+
+    finite, description = False, "a camera with a queue of buffered frames"
+
+    def __init__(self, tray: SimulatedTray) -> None:
+        self.tray, self.queue = tray, []
+
+    def read(self):
+        frame = self.tray.read()
+        if frame is None:
+            return None
+        self.queue = [*self.queue, frame][-(edge.camera.supervisor.BUFFERED_FRAMES + 1) :]
+        return self.queue[0]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_sort_just_after_a_tip_sees_the_tray_as_it_is_now_not_buffered_frames(tmp_path, emulator):
+    """The frames a camera queued before the tip still show the item: a sort command just after the tip
+    must not classify them and count the item a second time."""
+    config = config_for(tmp_path, emulator.port)
+    tray = SimulatedTray(synthetic=1, fps=0)
+    emulator.on_move = tray.servo_moved
+    seen, replies = [], []
+
+    def sorted_then_pressed(item) -> None:
+        seen.append(item)
+        replies.append(daemon.request_sort("a press just after the tip"))
+
+    daemon = Daemon(config, opener=lambda cfg: BufferingCamera(tray), on_sorted=sorted_then_pressed)
+    assert Running(daemon).join(60) == 0
+    assert len(seen) == 1 and bin_moves(emulator, config) == [seen[0].bin]
+    assert Ledger(config.ledger.path).counts() == {seen[0].bin: 1}

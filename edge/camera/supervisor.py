@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BLACK_LEVEL = 8  # brightest pixel of a frame with no signal at all
+BUFFERED_FRAMES = 4  # OpenCV's V4L2 backend queues 4 buffers (CAP_PROP_BUFFERSIZE)
 
 
 def dark_view(frame: np.ndarray, dark_level: float) -> str | None:
@@ -109,6 +110,17 @@ class Camera:
                 log.info("camera: the view is clear again")
             self.condition = condition
         return frame
+
+    def drop_buffered(self) -> None:
+        """Skip the frames a live camera captured before now. V4L2 keeps a queue of frames
+        (:data:`BUFFERED_FRAMES` by default in OpenCV), so the frames read just after a tip can show the
+        tray before it tipped, and a sort command then would count the item again. A replayed source
+        (a folder, a video file) keeps every frame."""
+        if self.source is None or getattr(self.source, "finite", False):
+            return
+        for _ in range(BUFFERED_FRAMES):
+            if self.read() is None:
+                return
 
     def close(self) -> None:
         if self.source is not None:

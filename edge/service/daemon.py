@@ -204,9 +204,10 @@ class Daemon:
         Refused (the reason is returned) when the trigger sees an empty tray: sorting the bare tray
         would count an item that does not exist. A held item (see :meth:`hold`) is never sorted by a
         press when its rule forbids it (a hand); otherwise the second press while it is held sorts it."""
-        if self.started and self.trigger.shows_item is False:
-            log.warning("%s refused: the tray is empty", source)
-            return "tray is empty"
+        refused = self._sort_refused()
+        if refused is not None:
+            log.warning("%s refused: %s", source, refused)
+            return refused
         with self._held_lock:
             held = self.held
             if held is not None:
@@ -241,6 +242,21 @@ class Daemon:
                 return None
         log.info("%s: sorting what is on the tray now", source)
         self._sort_now.set()
+        return None
+
+    def _sort_refused(self) -> str | None:
+        """Why a sort command cannot be carried out now, or ``None``: the trigger sees the bare tray,
+        or it is still learning it (a first start, a moved camera, a new frame size), when nothing
+        tells an item from the tray and a queued command would count the bare tray as an item."""
+        if not self.started:
+            return None
+        if self.trigger.state is TriggerState.LEARNING:
+            return (
+                "the empty tray is being learned (first start, or the camera's view changed): "
+                "send sort again in a few seconds"
+            )
+        if self.trigger.shows_item is False:
+            return "tray is empty"
         return None
 
     def install_signals(self) -> None:
@@ -497,9 +513,9 @@ class Daemon:
         self._remember_tray(frame.shape)
         if self.held is not None and self.trigger.shows_item is False:
             self.release_held("taken off the tray")
-        if self._sort_now.is_set() and self.trigger.shows_item is False:
+        if self._sort_now.is_set() and self._sort_refused() is not None:
             self._sort_now.clear()
-            log.warning("sort refused: the tray is empty")
+            log.warning("sort refused: %s", self._sort_refused())
         if state is TriggerState.SETTLED or self._sort_now.is_set():
             if not self.votes:
                 self.triggered_at = self.clock()
@@ -821,6 +837,7 @@ class Daemon:
             self.servo.return_home()
         except ActuatorFault as fault:  # a servo fault (logged by the supervisor); the item stays counted
             log.error("item %s is counted; the tray did not come back home: %s", tipped.id[:8], fault.reason)
+        self.camera.drop_buffered()
         self.trigger.handled()
 
     def held_by_lid(self, item: Item, reason: str) -> None:
