@@ -303,7 +303,14 @@ if [ "$pull" = 1 ]; then
     for json in "$work"/review/*.json; do
         [ -e "$json" ] || continue
         name=$(basename "$json")
-        if [ ! -s "${json%.json}.jpg" ] || ! "$python" -m json.tool "$json" >/dev/null 2>&1; then
+        jpg="${json%.json}.jpg"
+        # the bin is not trusted: only plain files with a name the daemon writes, never a link or a FIFO
+        if [[ ! "$name" =~ ^[A-Za-z0-9._-]+\.json$ ]] || [ -L "$json" ] || [ ! -f "$json" ] \
+            || [ -L "$jpg" ] || [ ! -f "$jpg" ]; then
+            echo "    $(printf '%q' "$name") is not a pair of plain files: not copied, left on the bin"
+            continue
+        fi
+        if [ ! -s "$jpg" ] || ! "$python" -m json.tool "$json" >/dev/null 2>&1; then
             echo "    $name did not arrive whole: left on the bin"
             continue
         fi

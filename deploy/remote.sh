@@ -277,8 +277,15 @@ review_pack() {
     fi
     cd "$folder"
     local pairs=()
+    local jpg
     for json in *.json; do
-        [ -e "$json" ] && [ -s "${json%.json}.jpg" ] && pairs+=("$json" "${json%.json}.jpg")
+        jpg="${json%.json}.jpg"
+        # plain files only: a link can point anywhere on the bin, and reading a FIFO blocks
+        if [ -f "$json" ] && [ ! -L "$json" ] && [ -f "$jpg" ] && [ ! -L "$jpg" ] && [ -s "$jpg" ]; then
+            pairs+=("$json" "$jpg")
+        elif [ -e "$json" ] || [ -L "$json" ]; then
+            echo "review folder: $json or its JPEG is not a plain file (a link, a FIFO, or not written yet): left out" >&2
+        fi
     done
     # a pair the daemon prunes meanwhile is left out, not an error
     tar --ignore-failed-read -cf - -- "${pairs[@]}" 2>/dev/null

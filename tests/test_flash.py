@@ -487,6 +487,31 @@ def test_pull_review_copies_whole_pairs_never_overwrites_a_label_and_deletes_on_
     assert "removed 3 pairs" in result.stdout
 
 
+def test_pull_review_takes_only_plain_files_from_a_bin_it_does_not_trust(deployed_bin, tmp_path):
+    """A link on the bin (to a file of the bin, or one the technician's machine would then serve) or a
+    FIFO named like a frame never arrives here, never hangs the pull, and is left on the bin."""
+    _, device = deployed_bin
+    review = device.root / "var/lib/smartbin/review"
+    review_pair(review, "20261125-020000.000001-ok")
+    review_pair(review, "20261125-020001.000001-jpglink")
+    (review / "20261125-020001.000001-jpglink.jpg").unlink()
+    (review / "20261125-020001.000001-jpglink.jpg").symlink_to("/etc/passwd")
+    (review / "20261125-020002.000001-jsonlink.jpg").write_bytes(b"\xff\xd8")
+    (review / "20261125-020002.000001-jsonlink.json").symlink_to("/etc/hostname")
+    (review / "20261125-020003.000001-fifo.jpg").write_bytes(b"\xff\xd8")
+    os.mkfifo(review / "20261125-020003.000001-fifo.json")
+    dest = tmp_path / "pulled"
+    result = flash(deployed_bin, "--pull-review", "--delete", after=(str(dest),))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "20261125-020000.000001-ok.jpg",
+        "20261125-020000.000001-ok.json",
+    ]
+    assert not any(p.is_symlink() for p in dest.iterdir()) and "1 new pairs" in result.stdout
+    assert "removed 1 pairs" in result.stdout
+    assert len(list(review.iterdir())) == 6  # the odd ones are left on the bin, for a person to look at
+
+
 def test_pull_review_from_a_bin_that_kept_nothing_yet_says_so(deployed_bin, tmp_path):
     result = flash(deployed_bin, "--pull-review", after=(str(tmp_path / "pulled"),))
     assert result.returncode == 0, result.stdout + result.stderr
