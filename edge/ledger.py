@@ -17,14 +17,19 @@ Outbox policy (documented in the config reference):
 - ``event`` rows are bounded by ``max_pending_events``; past it the oldest
   unsent events are dropped first, and how many were dropped is itself kept
   (``dropped_events``) for the state topic.
+- a row that cannot be read (not UTF-8: a damaged card) or sent (see ``set_aside``) is moved to
+  the ``dead_letters`` table, kept for inspection, never deleted, and logged with its ``seq``, so
+  that it does not hold back every row behind it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
@@ -33,6 +38,8 @@ from edge.config import LedgerConfig
 from edge.errors import SmartbinError
 from edge.fill import crossing
 from edge.paths import ledger_file
+
+log = logging.getLogger(__name__)
 
 
 def run_script(db: sqlite3.Connection, script: str) -> None:
@@ -88,7 +95,12 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_1, _schema_2, 
 ADDITIVE_TABLES = (
     # fill per bin: items counted into it since it was last emptied, and when that was
     "CREATE TABLE IF NOT EXISTS fill (bin TEXT PRIMARY KEY, items INTEGER NOT NULL, emptied_at REAL)",
+    # outbox rows that could not be read or sent, moved here as they were (bytes and all)
+    "CREATE TABLE IF NOT EXISTS dead_letters (seq INTEGER PRIMARY KEY, kind, key, payload, "
+    "reason TEXT NOT NULL, time REAL NOT NULL)",
 )
+
+OUTBOX_ROW = "SELECT seq, CAST(kind AS BLOB), CAST(key AS BLOB), CAST(payload AS BLOB) FROM outbox"
 
 
 @dataclass(frozen=True)
@@ -114,6 +126,52 @@ class Pending:
     payload: str
 
 
+@dataclass(frozen=True)
+class DeadLetter:
+    """An outbox row set aside, its fields as the file holds them (they may not be text)."""
+
+    seq: int
+    kind: bytes
+    key: bytes
+    payload: bytes
+    reason: str
+    time: float
+
+
+def decoded(seq: int, kind: bytes, key: bytes, payload: bytes) -> Pending | str:
+    """The row as text, or why it cannot be read."""
+    fields = {"kind": kind, "key": key, "payload": payload}
+    try:
+        return Pending(seq, *(value.decode("utf-8") for value in fields.values()))
+    except UnicodeDecodeError:
+        bad = next(name for name, value in fields.items() if not is_utf8(value))
+        return f"its {bad} is not UTF-8 (a damaged disk or card leaves rows so)"
+
+
+def log_set_aside(path: Path, seq: int, kind: bytes, key: bytes, reason: str) -> None:
+    """One line a technician reading the journal can act on: which row, why, where it is kept."""
+    what = f"{kind.decode('utf-8', 'backslashreplace')} {key.decode('utf-8', 'backslashreplace')[:64]}"
+    log.error(
+        "outbox: message %d (%s) set aside, not sent: %s. It is kept in the dead_letters table of %s; "
+        "inspect it with: sqlite3 %s 'SELECT seq, kind, key, reason, length(payload), "
+        "substr(payload, 1, 200) FROM dead_letters WHERE seq = %d'. The messages after it are sent",
+        seq,
+        what,
+        reason,
+        path,
+        path,
+        seq,
+    )
+
+
+def is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def open_ledger(cfg: LedgerConfig) -> Ledger:
     return Ledger(ledger_file(cfg), cfg.max_pending_events, cfg.keep_events)
 
@@ -126,6 +184,7 @@ class LedgerSummary:
     counts: dict[str, int]
     waiting: int  # messages in the outbox, not yet acknowledged by the broker
     dropped: int  # events dropped after long outages (``max_pending_events``)
+    set_aside: int = 0  # outbox rows that could not be read or sent, kept in ``dead_letters``
 
     @property
     def total(self) -> int:
@@ -136,7 +195,9 @@ def read_summary(cfg: LedgerConfig) -> LedgerSummary:
     """Open the configured ledger, read its summary, close it."""
     ledger = open_ledger(cfg)
     try:
-        return LedgerSummary(ledger.path, ledger.counts(), ledger.waiting(), ledger.dropped_events())
+        return LedgerSummary(
+            ledger.path, ledger.counts(), ledger.waiting(), ledger.dropped_events(), ledger.set_aside_count()
+        )
     finally:
         ledger.close()
 
@@ -355,12 +416,51 @@ class Ledger:
         return self._meta("parked_items")
 
     def pending(self, limit: int = 100) -> list[Pending]:
-        """Unacknowledged messages, oldest first."""
+        """Unacknowledged messages, oldest first. A row that cannot be read is set aside, not returned
+        (read as bytes, else one such row fails the whole read, and every row behind it waits)."""
+        with self._lock:
+            while True:
+                rows = self.db.execute(f"{OUTBOX_ROW} ORDER BY seq LIMIT ?", (limit,)).fetchall()
+                found = [decoded(*row) for row in rows]
+                unreadable = [(row[0], why) for row, why in zip(rows, found) if isinstance(why, str)]
+                if not unreadable:
+                    return [row for row in found if isinstance(row, Pending)]
+                for seq, why in unreadable:
+                    self._set_aside(seq, why)
+
+    def set_aside(self, seq: int, reason: str) -> None:
+        """Move an outbox row that cannot be sent (``reason``) to ``dead_letters``, and log it."""
+        with self._lock:
+            self._set_aside(seq, reason)
+
+    def _set_aside(self, seq: int, reason: str) -> None:
+        with self._transaction():
+            row = self.db.execute(
+                "SELECT CAST(kind AS BLOB), CAST(key AS BLOB) FROM outbox WHERE seq = ?", (seq,)
+            ).fetchone()
+            if row is None:
+                return  # acknowledged meanwhile
+            self.db.execute(
+                "INSERT INTO dead_letters (seq, kind, key, payload, reason, time) "
+                "SELECT seq, kind, key, payload, ?, ? FROM outbox WHERE seq = ?",
+                (reason, time.time(), seq),
+            )
+            self.db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+        log_set_aside(self.path.absolute(), seq, *row, reason)
+
+    def set_aside_count(self) -> int:
+        """How many outbox rows were set aside (``dead_letters``)."""
+        with self._lock:
+            return self.db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """The outbox rows set aside, oldest first."""
         with self._lock:
             rows = self.db.execute(
-                "SELECT seq, kind, key, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
+                "SELECT seq, CAST(kind AS BLOB), CAST(key AS BLOB), CAST(payload AS BLOB), reason, time "
+                "FROM dead_letters ORDER BY seq"
             ).fetchall()
-        return [Pending(*row) for row in rows]
+        return [DeadLetter(*row) for row in rows]
 
     def waiting(self) -> int:
         """How many messages are in the outbox."""

@@ -232,3 +232,43 @@ def test_the_module_docstring_and_the_dashboard_page_list_the_daemons_commands()
     commands_section = page.split("## Commands")[1].split("\n## ")[0]
     assert documented_commands(edge.mqtt.commands.__doc__ or "") == set(TABLE.names)
     assert documented_commands(commands_section) == set(TABLE.names)
+
+
+# -- retained commands ----------------------------------------------------------------
+
+
+def test_a_retained_command_is_refused_with_the_fix_and_logged_once_per_topic(caplog):
+    table, daemon = daemon_table()
+    topic = "smartbin/bin-1/cmd/reset_counts"
+    payload = b'{"confirm": "reset_counts", "request_id": "r9"}'
+    for _ in range(3):  # the broker sends it again at every reconnect
+        reply = table.dispatch("reset_counts", payload, "bin-1", topic=topic, retained=True)
+        assert reply == {
+            "command": "reset_counts",
+            "ok": False,
+            "request_id": "r9",
+            "error": "retained command refused: publish commands without the retain flag; clear it with an "
+            f"empty retained message on {topic}",
+        }
+    table.dispatch("emptied", b"{}", "bin-1", topic="smartbin/bin-1/cmd/emptied", retained=True)
+    assert daemon.ledger.count == 3 and not daemon.notified
+    logged = [r.getMessage() for r in caplog.records if "retained command" in r.getMessage()]
+    assert len(logged) == 2  # once per topic
+    assert logged[0].startswith(f"mqtt: retained command on {topic} refused, not carried out")
+    assert f"mosquitto_pub -t '{topic}' -r -n" in logged[0]
+
+
+def test_only_the_first_empty_message_after_a_retained_refusal_is_taken_for_its_clearing():
+    table, daemon = daemon_table()
+    topic = "smartbin/bin-1/cmd/sort"
+    assert table.dispatch("sort", b"", "bin-1", topic=topic)["ok"] is True  # an ordinary sort
+    table.dispatch("sort", b"{}", "bin-1", topic=topic, retained=True)
+    cleared = table.dispatch("sort", b"", "bin-1", topic=topic)
+    assert cleared["ok"] is False and cleared["error"].startswith("taken as clearing the retained command")
+    assert table.dispatch("sort", b"", "bin-1", topic=topic)["ok"] is True
+    assert daemon.sorts == ["MQTT sort command", "MQTT sort command"]
+
+
+def test_a_retained_command_with_an_unreadable_payload_is_refused_as_retained():
+    reply = TABLE.dispatch("explode", b"\xff{", "bin-1", topic="smartbin/bin-1/cmd/explode", retained=True)
+    assert reply["request_id"] is None and reply["error"].startswith("retained command refused")

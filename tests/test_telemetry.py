@@ -6,7 +6,6 @@ import json
 import logging
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -666,30 +665,6 @@ def test_a_full_disk_under_the_ledger_is_a_fault_and_delivery_resumes(broker, sm
     telemetry.stop()
     sub.close()
     ledger.close()
-
-
-def test_a_corrupt_outbox_row_is_a_fault_and_delivery_resumes_once_repaired(broker, tmp_path, caplog):
-    """Reading the outbox fails (a payload that is no longer UTF-8, as a failing SD card leaves it)."""
-    ledger = Ledger(tmp_path / "l.db")
-    ids = sort_ids(ledger, 3)
-    other = sqlite3.connect(tmp_path / "l.db", isolation_level=None)  # another process: a bit flip
-    seq, payload = other.execute("SELECT seq, payload FROM outbox WHERE kind = 'event'").fetchone()
-    other.execute("UPDATE outbox SET payload = CAST(X'7BFF' AS TEXT) WHERE seq = ?", (seq,))
-    sub = Subscriber(broker.port, "smartbin/bin-1/#")
-    telemetry = telemetry_for(broker, ledger)
-    wait_for(lambda: "Could not decode" in (telemetry.fault or ""), what="the unreadable row as a fault")
-    wait_for(lambda: telemetry.retry.attempts >= 2, what="a second try after a backoff")
-    assert telemetry._thread.is_alive()
-    assert telemetry.fault.startswith(f"telemetry failed: ledger {tmp_path / 'l.db'}: ")
-    assert "check the disk" in telemetry.fault
-    assert len(tracebacks(caplog)) == 1
-
-    other.execute("UPDATE outbox SET payload = ? WHERE seq = ?", (payload, seq))  # repaired
-    other.close()
-    wait_for(lambda: telemetry.fault is None and not ledger.pending(), timeout_s=15, what="drained")
-    wait_for(lambda: set(sub.event_ids()) == ids, what="every event")
-    telemetry.stop()
-    sub.close()
 
 
 class ExitingLedger(Ledger):

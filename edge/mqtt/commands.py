@@ -15,6 +15,11 @@ handler that carries it out. Telemetry hands every message on ``cmd/<name>`` to
 Any command may carry `"request_id"` (a string, echoed in the reply) and
 `"device_id"` (refused unless it is this bin's). Every command gets one reply
 on ``<prefix>/reply``: ``{"command", "ok", "request_id", "error" | result}``.
+
+A retained command is never carried out: the broker sends it again at every subscription, so a
+retained ``reset_counts`` would zero the counts at every reconnect. It is refused with the fix
+(logged once per topic), and the empty retained message that clears it, which the broker forwards
+to the bin as an ordinary empty command, is taken for the clearing, not for the command.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MAX_PAYLOAD = 1024
 COMMON = frozenset({"request_id", "device_id"})
+MAX_RETAINED_TOPICS = 64  # remembered for the log and the clearing; more is junk on cmd/+
 
 
 class CommandError(ValueError):
@@ -73,9 +79,26 @@ def decode(payload: bytes) -> dict[str, Any]:
     return data
 
 
+def request_id_of(payload: bytes) -> str | None:
+    """The payload's ``request_id``, where it has a valid one, for a reply to a command not parsed."""
+    try:
+        value = decode(payload).get("request_id")
+    except CommandError:
+        return None
+    return value if isinstance(value, str) and len(value) <= 64 else None
+
+
+def retained_refusal(topic: str) -> str:
+    return (
+        "retained command refused: publish commands without the retain flag; clear it with an empty "
+        f"retained message on {topic}"
+    )
+
+
 class CommandTable:
     def __init__(self) -> None:
         self._specs: dict[str, CommandSpec] = {}
+        self._retained: set[str] = set()  # topics whose retained command was refused, until cleared
 
     def register(
         self,
@@ -116,9 +139,17 @@ class CommandTable:
             spec.check(args)
         return Command(name, args, request_id)
 
-    def dispatch(self, name: str, payload: bytes, device_id: str, *, topic: str = "") -> dict[str, Any]:
-        """The reply to one command; never raises. ``topic`` (where it came from) is for the log."""
+    def dispatch(
+        self, name: str, payload: bytes, device_id: str, *, topic: str = "", retained: bool = False
+    ) -> dict[str, Any]:
+        """The reply to one command; never raises. ``topic`` is where it came from, ``retained`` its
+        MQTT retain flag: a retained command is refused, never carried out."""
         reply: dict[str, Any] = {"command": name[:40], "ok": False, "request_id": None}
+        where = topic or name
+        if retained:
+            return self._refuse_retained(reply, payload, where)
+        if payload == b"" and where in self._retained:
+            return self._cleared(reply, where)
         try:
             command = self.parse(name, payload, device_id)
             reply["request_id"] = command.request_id
@@ -130,4 +161,30 @@ class CommandTable:
         except Exception as exc:  # a command must never take the daemon down
             log.exception("mqtt: command %s failed", name[:40])
             reply["error"] = f"internal error: {exc}"
+        return reply
+
+    def _refuse_retained(self, reply: dict[str, Any], payload: bytes, where: str) -> dict[str, Any]:
+        reply["request_id"] = request_id_of(payload)
+        reply["error"] = retained_refusal(where)
+        if where not in self._retained and len(self._retained) < MAX_RETAINED_TOPICS:
+            self._retained.add(where)
+            log.warning(
+                "mqtt: retained command on %s refused, not carried out (the broker sends it again at "
+                "every reconnect, and each time it is refused): publish commands without the retain "
+                "flag; clear it with: mosquitto_pub -t '%s' -r -n",
+                where[:120],
+                where,
+            )
+        return reply
+
+    def _cleared(self, reply: dict[str, Any], where: str) -> dict[str, Any]:
+        """The empty message that clears a refused retained command reaches a live subscription
+        without the retain flag: it would read as the command with no arguments (``emptied`` of
+        every bin)."""
+        self._retained.discard(where)
+        log.info("mqtt: the retained command on %s was cleared; nothing done", where[:120])
+        reply["error"] = (
+            f"taken as clearing the retained command on {where}: nothing done; send the command again "
+            "to carry it out"
+        )
         return reply

@@ -12,7 +12,9 @@ Nothing ends that thread: an exception in a paho callback or in reading the
 ledger (a full disk that keeps acknowledgements from being written, say) is
 logged once with its traceback, becomes the ``mqtt`` fault, drops the
 connection and is retried with backoff; unacknowledged rows stay in the
-outbox and are sent again. Should the thread die all the same,
+outbox and are sent again. A row that can never be sent (unreadable, too big,
+a topic paho refuses) is set aside in the ledger instead (``dead_letters``), so
+that the rows behind it go on. Should the thread die all the same,
 :meth:`Telemetry.notify` starts a new one. :meth:`Telemetry.faults` says what
 is wrong: ``mqtt`` (the link or the thread) and ``outbox`` (events dropped past
 ``ledger.max_pending_events`` since this telemetry started, until the outbox
@@ -34,7 +36,7 @@ from typing import Any, Callable, Sequence
 import paho.mqtt.client as mqtt
 
 from edge.config import MqttConfig
-from edge.ledger import Ledger
+from edge.ledger import Ledger, Pending
 from edge.mqtt.client import connack_timeout, make_client
 from edge.mqtt.commands import CommandTable
 from edge.mqtt.discovery import discovery_documents
@@ -44,6 +46,10 @@ from edge.retry import Retry
 log = logging.getLogger(__name__)
 
 INFLIGHT_LIMIT = 100
+# The largest payload the drain publishes. The bin writes none over 2 KiB; a bigger row is damage or a
+# bug, and a broker that takes no packet that big (AWS IoT Core: 128 KB) would end every connection
+# on it, each time after the rows before it were sent again. Such a row is set aside instead.
+MAX_MESSAGE_BYTES = 64 * 1024
 
 
 def explain(exc: BaseException, ledger: Ledger) -> str:
@@ -329,7 +335,9 @@ class Telemetry:
                 self._announce()  # Home Assistant restarted and forgot us
             return
         name = message.topic.rsplit("/", 1)[-1]
-        reply = self.commands.dispatch(name, message.payload, self.device_id, topic=message.topic)
+        reply = self.commands.dispatch(
+            name, message.payload, self.device_id, topic=message.topic, retained=bool(message.retain)
+        )
         client.publish(self.topics.reply, json.dumps(reply), qos=1)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
@@ -356,12 +364,27 @@ class Telemetry:
         rows = self.ledger.pending(room + len(self._handed))
         self._outbox_empty = not rows
         for row in rows:
-            if row.seq in self._handed:
-                continue
-            topic, retain = self.topics.for_row(row)
+            if row.seq not in self._handed:
+                self._publish_row(row)
+
+    def _publish_row(self, row: Pending) -> None:
+        """Hand one outbox row to paho, or set it aside (``ledger.dead_letters``) if it cannot be sent."""
+        size = len(row.payload.encode("utf-8"))
+        if size > MAX_MESSAGE_BYTES:
+            reason = (
+                f"its payload of {size} bytes is over the {MAX_MESSAGE_BYTES} bytes the bin publishes in one "
+                "message (its own stay under 2 KiB: a damaged row, or a bug)"
+            )
+            self.ledger.set_aside(row.seq, reason)
+            return
+        topic, retain = self.topics.for_row(row)
+        try:
             info = self.client.publish(topic, row.payload, qos=1, retain=retain)
-            self._inflight[info.mid] = row.seq
-            self._handed.add(row.seq)
+        except ValueError as exc:  # paho refuses it (a topic with a wildcard from a damaged key)
+            self.ledger.set_aside(row.seq, f"it cannot be published on {topic!r}: {exc}")
+            return
+        self._inflight[info.mid] = row.seq
+        self._handed.add(row.seq)
 
     def state(self) -> dict[str, Any]:
         counts = self.ledger.counts()
