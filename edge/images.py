@@ -7,7 +7,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -16,7 +16,7 @@ from edge.errors import SmartbinError
 
 log = logging.getLogger(__name__)
 
-LABEL = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")  # an item label: a folder name, a taxonomy key
+LABEL = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")  # an item label: a folder name, a taxonomy key
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
@@ -97,7 +97,7 @@ def review_labels(root: str | Path) -> ReviewLabels:
         if not label:
             found.unlabelled += 1
             continue
-        if not isinstance(label, str) or not LABEL.match(label):
+        if not isinstance(label, str) or not LABEL.fullmatch(label):
             found.problems.append(
                 f"{sidecar.name}: label {str(label)[:60]!r} is not a label (lower-case letters, digits, '-')"
             )
@@ -153,11 +153,75 @@ def labelled_images(root: str | Path, allow_empty: bool = False) -> list[tuple[P
     return pairs
 
 
-def expand_paths(paths: list[str | Path]) -> Iterator[Path]:
-    """Files as given, folders expanded to the images inside them."""
+PHOTO_FIX = f"give photos ({', '.join(sorted(IMAGE_SUFFIXES))}) or folders that hold them"
+
+
+def photo_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """The photos a command line names: files as given, folders expanded to the images inside them.
+
+    A path that does not exist, or a folder without one image, is a usage error (raised), so that a
+    typo never reads as "0 photos" and a clean exit.
+    """
+    found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            yield from list_images(path)
+            images = list_images(path)
+            if not images:
+                raise SmartbinError(f"folder {path} has no photos{other_files(path)}", PHOTO_FIX)
+            found += images
+        elif path.exists():
+            found.append(path)
         else:
-            yield path
+            raise SmartbinError(f"{raw} does not exist", "check the path (a typo?)")
+    return found
+
+
+def other_files(folder: Path, shown: int = 3) -> str:
+    """What a folder without photos holds instead, for the message: ' (only 2 other files: a.txt, b.md)'."""
+    others = sorted(p.name for p in folder.rglob("*") if p.is_file())
+    if not others:
+        return " (it is empty)"
+    more = f", and {len(others) - shown} more" if len(others) > shown else ""
+    files = "file" if len(others) == 1 else "files"
+    return f" (only {len(others)} other {files}: {', '.join(others[:shown])}{more})"
+
+
+@dataclass
+class PhotoTally:
+    """How many photos a command read, and which it skipped and why."""
+
+    read: int = 0
+    skipped: list[str] = field(default_factory=list)  # the reason each was skipped (names the photo)
+
+    def skip(self, exc: SmartbinError) -> None:
+        log.warning("skipped: %s", exc.problem)
+        self.skipped.append(exc.problem)
+
+    def summary(self, shown: int = 3) -> str:
+        text = f"read {self.read} photo{'' if self.read == 1 else 's'}, skipped {len(self.skipped)}"
+        if not self.skipped:
+            return text
+        more = f"; and {len(self.skipped) - shown} more" if len(self.skipped) > shown else ""
+        return f"{text}: {'; '.join(self.skipped[:shown])}{more}"
+
+    def finish(self) -> int:
+        """Say what was read; raise when nothing could be; the exit status: 1 when some were skipped."""
+        if not self.read:
+            raise SmartbinError(f"no photo could be read: {self.summary()}", PHOTO_FIX)
+        (log.warning if self.skipped else log.info)("%s", self.summary())
+        return 1 if self.skipped else 0
+
+
+def readable_photos(paths: Sequence[Path]) -> tuple[list[Path], PhotoTally]:
+    """The photos that decode, checked before a run that needs them all (the demo's tray)."""
+    tally, readable = PhotoTally(), []
+    for path in paths:
+        try:
+            read_image(path)
+        except SmartbinError as exc:
+            tally.skip(exc)
+            continue
+        tally.read += 1
+        readable.append(path)
+    return readable, tally

@@ -88,6 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     except SmartbinError as exc:
         print(f"smartbin-train: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:  # an install without the train extra (scripts/demo's .venv)
+        from edge.service.cli import missing_extra
+
+        error = missing_extra(exc)
+        if error is None:
+            raise
+        print(f"smartbin-train: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\nstopped; run the same command again to resume", file=sys.stderr)
         return 130

@@ -152,3 +152,15 @@ def test_a_model_that_lacks_a_new_item_is_scored_against_the_bin_it_was_labelled
     bundle = str(tiny_run / "bundle")
     assert smartbin(["eval", "--model", bundle, "--model", bundle, "--data", str(field), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 14
+
+
+def test_a_label_with_a_newline_or_a_tail_is_not_a_label(tmp_path):
+    """A sidecar edited by hand (or by a bin not trusted): "paper\\n" would train a label of its own."""
+    folder = tmp_path / "review"
+    folder.mkdir()
+    for n, label in enumerate(["paper\n", "paper extra", "paper"]):
+        (folder / f"p{n}.jpg").write_bytes(b"\xff\xd8")
+        (folder / f"p{n}.json").write_text(json.dumps({"id": f"p{n}", "label": label, "label_bin": None}))
+    found = review_labels(folder)
+    assert [p.name for p, _ in found.pairs] == ["p2.jpg"] and len(found.problems) == 2
+    assert all("is not a label" in p for p in found.problems)

@@ -10,6 +10,7 @@ presence trigger works on them as it does on a camera.
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -17,7 +18,10 @@ import cv2
 import numpy as np
 
 from edge.camera.sources import Pacer
+from edge.errors import SmartbinError
 from edge.images import read_image
+
+log = logging.getLogger(__name__)
 
 FRAME_HEIGHT, FRAME_WIDTH = 480, 640
 TIP_US = 50.0  # a servo this far from home has tipped the tray
@@ -94,6 +98,7 @@ class SimulatedTray:
         self.current_name: str | None = None
         self.current_label: str | None = None
         self.tipped = False
+        self.skipped: list[str] = []  # why each photo that could not be read was left out
         self._gap = lead_frames  # the empty tray the trigger learns at start
         self._frames = 0
         self._lock = threading.Lock()
@@ -112,15 +117,23 @@ class SimulatedTray:
                 self.current = None
                 self._gap = self.gap_frames
 
-    def _next_item(self) -> None:
+    def _next_item(self) -> bool:
+        """Lay the next item on the tray; False for a photo that cannot be read (skipped and logged)."""
         index = self.placed
-        if self.items is not None:
-            path = self.items[index]
-            photo, self.current_name, self.current_label = read_image(path), path.name, path.parent.name
-        else:
-            photo, self.current_name, self.current_label = synthetic_item(index), f"synthetic-{index}", None
-        self.current = place_item(self.tray, photo)
         self.placed += 1
+        if self.items is None:
+            photo, self.current_name, self.current_label = synthetic_item(index), f"synthetic-{index}", None
+        else:
+            path = self.items[index]
+            try:
+                photo = read_image(path)
+            except SmartbinError as exc:
+                log.warning("simulated tray: skipped %s", exc.problem)
+                self.skipped.append(exc.problem)
+                return False
+            self.current_name, self.current_label = path.name, path.parent.name
+        self.current = place_item(self.tray, photo)
+        return True
 
     def read(self) -> np.ndarray | None:
         self.pacer.wait()
@@ -134,8 +147,7 @@ class SimulatedTray:
                 self._gap -= 1
                 scene = self.tray
             elif self.placed < self.total:
-                self._next_item()
-                scene = self.current
+                scene = self.current if self._next_item() else self.tray
             else:
                 return None
             return cv2.add(scene, self._noise[self._frames % len(self._noise)])

@@ -7,9 +7,14 @@ a workstation. TensorFlow is never imported when either runtime is present.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
+import os
+import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -44,11 +49,44 @@ def interpreter_class() -> tuple[Any, str]:
     )
 
 
+@contextlib.contextmanager
+def runtime_info_hidden() -> Iterator[None]:
+    """Leave out the runtime's own ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.``
+
+    LiteRT and tflite-runtime print it from C++ straight to file descriptor 2, past Python and its
+    logging, so fd 2 goes to a temporary file meanwhile; what else lands there is written back after.
+    Shown with debug logging (``smartbin -v``).
+    """
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to guard
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as caught:
+            os.dup2(caught.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                caught.seek(0)
+                kept = [line for line in caught.read().splitlines(True) if not line.startswith(b"INFO: ")]
+                os.write(2, b"".join(kept))
+    finally:
+        os.close(saved)
+
+
 def open_interpreter(model_path: Path, threads: int | None = None) -> tuple[Any, str]:
     cls, package = interpreter_class()
     try:
-        interpreter = cls(model_path=str(model_path), num_threads=threads)
-        interpreter.allocate_tensors()
+        with runtime_info_hidden():
+            interpreter = cls(model_path=str(model_path), num_threads=threads)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise SmartbinError(
             f"{package} cannot load {model_path}: {exc}",

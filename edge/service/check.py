@@ -9,6 +9,7 @@ service holds the camera and the serial port.
 from __future__ import annotations
 
 import socket
+import sqlite3
 import ssl
 import time
 from typing import Any
@@ -18,12 +19,13 @@ import numpy as np
 from edge.camera.kinds import open_source, source_fix
 from edge.camera.sources import SourceFault
 from edge.camera.supervisor import dark_view, is_black
-from edge.config import Config, MqttConfig
+from edge.config import Config, LedgerConfig, MqttConfig
 from edge.errors import SmartbinError
-from edge.ledger import read_summary
+from edge.ledger import LedgerSummary
 from edge.model.classifier import load_classifier
 from edge.mqtt.client import make_client
 from edge.mqtt.topics import Topics
+from edge.paths import ledger_file
 from edge.servo.link import ActuatorFault
 from edge.servo.protocols import open_controller
 
@@ -48,9 +50,42 @@ def check_model(config: Config) -> list[Result]:
 
 
 def check_ledger(config: Config) -> list[Result]:
-    found = read_summary(config.ledger)
+    path = ledger_file(config.ledger).absolute()
+    if not path.exists():
+        return [("ledger", True, f"no ledger yet at {path}: the service creates it when it starts")]
+    found = ledger_summary(config.ledger)
     counted = f"{found.total} items counted, {found.waiting} messages wait for the broker"
     return [("ledger", True, f"{found.path}: {counted}")]
+
+
+def ledger_summary(cfg: LedgerConfig) -> LedgerSummary:
+    """The ledger's counts, read without creating or changing a file (``check`` and ``counts`` only read).
+
+    A ledger that no process has open has no ``-wal`` file: it is read as immutable, since even a
+    read-only connection would leave ``-wal`` and ``-shm`` files beside it. One the running service has
+    open is read through its WAL, read-only.
+    """
+    path = ledger_file(cfg).absolute()
+    if not path.exists():
+        raise SmartbinError(
+            f"no ledger yet at {path}",
+            "the service creates it when it starts; give the bin's config (--config, its ledger.path)",
+        )
+    mode = "ro" if path.with_name(path.name + "-wal").exists() else "ro&immutable=1"
+    try:
+        db = sqlite3.connect(f"{path.as_uri()}?mode={mode}", uri=True)
+        try:
+            counts = dict(db.execute("SELECT bin, count FROM counts ORDER BY bin").fetchall())
+            waiting = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            row = db.execute("SELECT value FROM meta WHERE key = 'dropped_events'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise SmartbinError(
+            f"ledger {path} cannot be read: {exc}",
+            "check that ledger.path names the bin's ledger, and the file's permissions",
+        ) from None
+    return LedgerSummary(path, counts, waiting, row[0] if row else 0)
 
 
 def check_camera(config: Config, tries: int = 10) -> list[Result]:

@@ -13,16 +13,25 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import cv2
 import numpy as np
 import yaml
 
 from edge.config import REFERENCE_HEADER, Config, add_config_option, load_config, set_keys
 from edge.errors import SmartbinError
 from edge.fill import bins_to_empty
-from edge.images import expand_paths, is_review_folder, labelled_images, read_image, review_labels
-from edge.ledger import open_ledger, read_summary
+from edge.images import (
+    PHOTO_FIX,
+    PhotoTally,
+    is_review_folder,
+    labelled_images,
+    photo_paths,
+    read_image,
+    review_labels,
+)
+from edge.ledger import open_ledger
 from edge.model.classifier import Classifier, load_classifier
-from edge.model.decision import decide
+from edge.model.decision import Decision, decide
 from edge.model.evaluation import (
     bins_right,
     compare_models,
@@ -90,6 +99,37 @@ def setup_logging(verbose: bool = False) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    if not verbose:  # OpenCV's own "[ WARN:0@0.2] global cap_v4l.cpp..." lines: our messages say it
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+# The optional dependencies a command imports only when it needs them, and the extra that brings each.
+EXTRAS = {
+    "tensorflow": "train",
+    "keras": "train",
+    "imagehash": "train",
+    "PIL": "train",
+    "matplotlib": "plots",
+    "ai_edge_litert": "edge",
+    "cv2": "edge",
+    "serial": "edge",
+    "paho": "edge",
+    "ruamel": "edge",
+    "tflite_runtime": "edge-legacy",
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> SmartbinError | None:
+    """The pip install that brings a missing optional module; None for a module no extra brings."""
+    module = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(module)
+    if extra is None:
+        return None
+    setup = extra if extra.startswith("edge") else f"edge,{extra}"
+    return SmartbinError(
+        f"the Python module {module!r} is not installed: it comes with smartbin's {extra!r} extra",
+        f"pip install 'smartbin[{extra}]' (in a checkout: scripts/setup {setup})",
+    )
 
 
 def add_model_options(p: argparse.ArgumentParser, compare: bool = False) -> None:
@@ -301,20 +341,20 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if not 0 <= threshold <= 1:
         raise SmartbinError(f"--threshold {threshold} is outside 0..1", "use e.g. --threshold 0.65")
     top_k = args.top_k or config.model.top_k
-    skipped = 0
-    if not args.json:
-        print(
-            f"model {bundle.model_id} ({classifier.runtime}), {bundle.calibration_note}, "
-            f"taxonomy {bundle.taxonomy.name}, threshold {threshold:.2f}"
-        )
-        print(f"{'photo':<40} {'item':<14} {'bin':<11} {'conf':>6}  top-{top_k}")
-    for path in expand_paths(args.paths):
+    tally = PhotoTally()
+    for path in photo_paths(args.paths):
         try:
             frame = read_image(path)
         except SmartbinError as exc:
-            log.warning("skipped: %s", exc.problem)
-            skipped += 1
+            tally.skip(exc)
             continue
+        if not tally.read and not args.json:  # the header once a photo is read, never above nothing
+            print(
+                f"model {bundle.model_id} ({classifier.runtime}), {bundle.calibration_note}, "
+                f"taxonomy {bundle.taxonomy.name}, threshold {threshold:.2f}"
+            )
+            print(f"{'photo':<40} {'item':<14} {'bin':<11} {'conf':>6}  top-{top_k}")
+        tally.read += 1
         d = decide(
             classifier.predict(frame),
             classifier.labels,
@@ -325,32 +365,32 @@ def cmd_classify(args: argparse.Namespace) -> int:
             bundle.ood,
             config.sorting.unknown,
         )
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        "path": str(path),
-                        "item": d.item,
-                        "bin": d.bin,
-                        "held": d.held,  # why it would stay on the tray (never tipped, unknown), or null
-                        "confidence": round(d.confidence, 4),
-                        "item_confidence": round(d.item_confidence, 4),
-                        "uncertain": d.uncertain,
-                        "cost_rule": d.cost_rule,
-                        "bins": {k: round(v, 4) for k, v in d.bin_probs.items()},
-                        "top": [[k, round(v, 4)] for k, v in d.top_items],
-                    }
-                )
-            )
-        else:
-            shown = str(path) if len(str(path)) <= 40 else "…" + str(path)[-39:]
-            mark = "?" if d.uncertain and d.held is None else ""
-            top = ", ".join(f"{k} {v:.0%}" for k, v in d.top_items)
-            where = "held" if d.held is not None else str(d.bin) + mark
-            print(f"{shown:<40} {d.item:<14} {where:<11} {d.confidence:6.1%}  {top}")
-            if d.held is not None:
-                print(f"{'':<40} held: {d.held}")
-    return 1 if skipped else 0
+        print(json.dumps(decision_json(path, d)) if args.json else decision_row(path, d), flush=True)
+    return tally.finish()
+
+
+def decision_json(path: Path, d: Decision) -> dict[str, Any]:
+    return {
+        "path": str(path),
+        "item": d.item,
+        "bin": d.bin,
+        "held": d.held,  # why it would stay on the tray (never tipped, unknown), or null
+        "confidence": round(d.confidence, 4),
+        "item_confidence": round(d.item_confidence, 4),
+        "uncertain": d.uncertain,
+        "cost_rule": d.cost_rule,
+        "bins": {k: round(v, 4) for k, v in d.bin_probs.items()},
+        "top": [[k, round(v, 4)] for k, v in d.top_items],
+    }
+
+
+def decision_row(path: Path, d: Decision) -> str:
+    shown = str(path) if len(str(path)) <= 40 else "…" + str(path)[-39:]
+    mark = "?" if d.uncertain and d.held is None else ""
+    top = ", ".join(f"{k} {v:.0%}" for k, v in d.top_items)
+    where = "held" if d.held is not None else str(d.bin) + mark
+    row = f"{shown:<40} {d.item:<14} {where:<11} {d.confidence:6.1%}  {top}"
+    return row + (f"\n{'':<40} held: {d.held}" if d.held is not None else "")
 
 
 def scorable(label: str, labels: Sequence[str], taxonomy: Taxonomy) -> bool:
@@ -406,19 +446,24 @@ def predict_photos(
 
     probs: list[list[np.ndarray]] = [[] for _ in classifiers]
     truth, paths, skipped = [], [], []
+    if not pairs:
+        raise SmartbinError(f"no photos to score in {data}", PHOTO_FIX)
+    tally = PhotoTally()
     for path, label in tqdm(pairs, desc="evaluating", unit="photo", disable=None, dynamic_ncols=True):
         try:
             frame = read_image(path)
         except SmartbinError as exc:
-            log.warning("skipped: %s", exc.problem)
+            tally.skip(exc)
             skipped.append(str(path))
             continue
+        tally.read += 1
         for rows, classifier in zip(probs, classifiers):
             rows.append(classifier.predict(frame))
         truth.append(label)
         paths.append(str(path))
     if not truth:
-        raise SmartbinError(f"no readable photos in {data}", "check the folder")
+        raise SmartbinError(f"no photo in {data} could be read: {tally.summary()}", PHOTO_FIX)
+    tally.finish()
     return [np.stack(rows) for rows in probs], truth, paths, skipped
 
 
@@ -605,11 +650,32 @@ def cmd_config(args: argparse.Namespace) -> int:
             parsed = value  # an id like 42 or 2024-01 stays the text it is
         values[key] = parsed
     path = Path(args.file)
-    if not path.exists():
-        path.write_text(REFERENCE_HEADER + describe(Config) + "\n", encoding="utf-8")
-    set_keys(path, values)
+    if path.exists():
+        set_keys(path, values)
+    else:
+        create_config(path, values)
     print(f"{path}: set {', '.join(values)}")
     return 0
+
+
+def create_config(path: Path, values: dict[str, Any]) -> None:
+    """A new config file: the reference with ``values`` set, written beside it under another name and moved
+    into place only once the keys are set and checked, so a refused key leaves no file behind."""
+    draft = path.with_name(f".{path.name}.new")
+    try:
+        draft.write_text(REFERENCE_HEADER + describe(Config) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise SmartbinError(
+            f"cannot create {path}: {exc.strerror}", f"check that {path.parent} exists and is writable"
+        ) from None
+    try:
+        set_keys(draft, values)
+        draft.replace(path)
+    except SmartbinError as exc:
+        name = str(draft)
+        raise SmartbinError(exc.problem.replace(name, str(path)), exc.fix.replace(name, str(path))) from None
+    finally:
+        draft.unlink(missing_ok=True)
 
 
 def cmd_review(args: argparse.Namespace) -> int:
@@ -622,13 +688,20 @@ def cmd_review(args: argparse.Namespace) -> int:
     bundle = load_bundle(
         args.model or config.model.bundle or DEFAULT_BUNDLE, load_taxonomy(taxonomy) if taxonomy else None
     )
-    review = ReviewFolder(Path(args.folder), bundle.taxonomy)
-    server = make_server(review, args.host, args.port)
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise SmartbinError(f"review folder {folder} does not exist", f"check the path; {FRAMES_COME_FROM}")
+    review = ReviewFolder(folder, bundle.taxonomy)
     items, problems = review.pairs()
+    if not items:
+        log.warning("review folder %s has no frames to label", folder)
+        print(f"{folder} has no frames to label (<name>.jpg + <name>.json pairs): {FRAMES_COME_FROM}")
+    server = make_server(review, args.host, args.port)
     url = f"http://{args.host}:{server.server_address[1]}/"
     print(
-        f"{len(items)} frames in {args.folder} ({sum(1 for i in items if i['label'])} labelled), taxonomy "
-        f"{bundle.taxonomy.name}: {url}   (Ctrl-C stops)"
+        f"{len(items)} frames in {folder} ({sum(1 for i in items if i['label'])} labelled), taxonomy "
+        f"{bundle.taxonomy.name}: {url}   (Ctrl-C stops)",
+        flush=True,
     )
     for problem in problems:
         print(f"  not shown: {problem}")
@@ -636,8 +709,15 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+FRAMES_COME_FROM = (
+    "frames come from a bin's review folder (sorting.review_folder: the uncertain items, and a sample of "
+    "the rest): copy them here with deploy/flash.sh --pull-review user@bin DIR, or make some with "
+    "smartbin demo --review-sample 1 --state DIR (then DIR/review)"
+)
+
+
 def cmd_counts(args: argparse.Namespace) -> int:
-    found = read_summary(load_config(args.config).ledger)
+    found = check.ledger_summary(load_config(args.config).ledger)
     if args.json:
         summary = {"counts": found.counts, "total": found.total, "pending": found.waiting}
         print(json.dumps({**summary, "dropped": found.dropped}))
@@ -765,6 +845,12 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except SmartbinError as exc:
         print(f"smartbin {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        error = missing_extra(exc)
+        if error is None:
+            raise
+        print(f"smartbin {args.command}: error: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

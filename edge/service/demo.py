@@ -17,15 +17,20 @@ import logging
 import socket
 import statistics
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import cv2
 
 from edge.camera.kinds import open_source
 from edge.camera.simulation import SimulatedTray
 from edge.config import Config
-from edge.images import IMAGE_SUFFIXES, expand_paths
+from edge.errors import SmartbinError
+from edge.images import IMAGE_SUFFIXES, PHOTO_FIX, PhotoTally, photo_paths, readable_photos
 from edge.ledger import SortedItem, read_summary
 from edge.model.decision import Decision
+from edge.model.taxonomy import Taxonomy
 from edge.mqtt.client import broker_address
 from edge.service.daemon import Daemon
 from edge.servo.emulator import MaestroEmulator
@@ -55,59 +60,135 @@ def demo_config(args: Any, state: Path, port: str) -> Config:
     return config
 
 
-def run_demo(args: Any) -> int:
-    state = Path(args.state) if args.state else Path(tempfile.mkdtemp(prefix="smartbin-demo-"))
-    sources = [Path(p) for p in args.source or []]
-    video = len(sources) == 1 and sources[0].is_file() and sources[0].suffix.lower() not in IMAGE_SUFFIXES
+@dataclass
+class Feed:
+    """What the simulated camera shows: a tray of photos or drawings, or a recording replayed."""
+
+    camera_line: str
     tray: SimulatedTray | None = None
-    if video:
-        camera_line = f"a recording, {sources[0]}, replayed at {args.fps:g} fps"
-    else:
-        photos = list(expand_paths(sources)) if sources else None
-        if photos is not None and not photos:
-            print(f"smartbin demo: no images in {', '.join(map(str, sources))}")
-            return 2
-        tray = SimulatedTray(photos, synthetic=args.synthetic, fps=args.fps)
-        camera_line = tray.description + (
-            ": SYNTHETIC drawings, not real waste, so expect uncertain items" if photos is None else ""
+    video: Path | None = None
+    tally: PhotoTally | None = None  # the photos read and skipped, for a tray of photos
+
+
+def is_video(sources: list[str]) -> bool:
+    path = Path(sources[0])
+    return len(sources) == 1 and path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES
+
+
+def check_video(path: Path) -> None:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        ok = capture.isOpened() and capture.read()[0]
+    finally:
+        capture.release()
+    if not ok:
+        raise SmartbinError(
+            f"--source {path} is neither a photo ({', '.join(sorted(IMAGE_SUFFIXES))}) nor a video "
+            "OpenCV can read",
+            "give photos or folders of photos, or one video file (.mp4, .avi, ...)",
         )
-    emulator = MaestroEmulator(device=12, on_move=tray.servo_moved if tray else None)
-    config = demo_config(args, state, emulator.port)
-    if video:
-        config.camera.source = str(sources[0])
-    online = broker_answers(config.mqtt.host, config.mqtt.port)
+
+
+def demo_feed(sources: list[str], args: Any) -> Feed:
+    """Check ``--source`` before anything starts: every path exists and some photo can be read."""
+    if not sources:
+        tray = SimulatedTray(None, synthetic=args.synthetic, fps=args.fps)
+        drawn = ": SYNTHETIC drawings, not real waste, so expect uncertain items"
+        return Feed(tray.description + drawn, tray)
+    if is_video(sources):
+        video = Path(sources[0])
+        check_video(video)
+        return Feed(f"a recording, {video}, replayed at {args.fps:g} fps", video=video)
+    try:
+        photos, tally = readable_photos(photo_paths(sources))
+    except SmartbinError as exc:
+        raise SmartbinError(f"--source: {exc.problem}", exc.fix) from None
+    if not photos:
+        raise SmartbinError(
+            f"--source: no photo could be read ({tally.summary()})",
+            f"{PHOTO_FIX}; or give one video file to replay as the camera",
+        )
+    tray = SimulatedTray(photos, fps=args.fps)
+    return Feed(f"{tray.description}; {tally.summary()}", tray, tally=tally)
+
+
+def truth(label: str | None, taxonomy: Taxonomy) -> tuple[str, str] | None:
+    """A photo's folder label and its bin per the taxonomy, when the folder names an item it knows."""
+    bin_id = taxonomy.bin_of(label) if label else None
+    return (label, bin_id) if label and bin_id else None
+
+
+def cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def columns(n: str, name: str, label: str, label_bin: str, item: str) -> str:
+    """The columns every row starts with: which photo, what its folder says, what the bin made of it."""
+    return f"{n:>3}  {cut(name, 20):<20} {cut(label, 18):<18} {label_bin:<11} → {cut(item, 16):<16} "
+
+
+HEADER = columns("#", "photo", "its label", "its bin", "sorted as") + f"{'bin':<11}conf     time"
+
+
+def item_row(n: int, name: str, known: tuple[str, str] | None, item: SortedItem) -> str:
+    label, label_bin = known or ("-", "")
+    marks = []
+    if known and item.bin != label_bin:
+        marks.append("WRONG BIN")
+    if item.uncertain:
+        marks.append("uncertain")
+    if item.cost_rule:
+        marks.append(f"costs; most probable: {item.most_probable_bin}")
+    row = columns(str(n), name, label, label_bin, item.item)
+    row += f"{item.bin:<11}{item.confidence:4.0%} {item.latency_ms:5.0f} ms"
+    return row + (f"  {', '.join(marks)}" if marks else "")
+
+
+def held_row(name: str, known: tuple[str, str] | None, decision: Decision) -> str:
+    label, label_bin = known or ("-", "")
+    return columns("-", name, label, label_bin, decision.item) + f"held: {decision.held}; taken back"
+
+
+def print_banner(feed: Feed, emulator: MaestroEmulator, config: Config, broker: str, online: bool) -> None:
     print("smartbin demo: the real sorting daemon, with simulated hardware")
-    print(f"  camera   simulated: {camera_line}")
+    print(f"  camera   simulated: {feed.camera_line}")
     print(f"  servo    simulated: a Pololu Maestro emulated on {emulator.port}")
     print(f"  ledger   real: {config.ledger.path}")
     if online:
-        print(f"  mqtt     real: broker {args.broker}, topics smartbin/demo/#")
+        print(f"  mqtt     real: broker {broker}, topics smartbin/demo/#")
     else:
-        print(f"  mqtt     no broker answers on {args.broker}: events wait in the ledger's outbox")
+        print(f"  mqtt     no broker answers on {broker}: events wait in the ledger's outbox")
     print("Ctrl-C stops it (finishing the current item).\n")
+    print(HEADER, flush=True)
 
+
+def run_demo(args: Any) -> int:
+    feed = demo_feed(args.source or [], args)
+    tray = feed.tray
+    state = Path(args.state) if args.state else Path(tempfile.mkdtemp(prefix="smartbin-demo-"))
+    emulator = MaestroEmulator(device=12, on_move=tray.servo_moved if tray else None)
+    config = demo_config(args, state, emulator.port)
+    if feed.video:
+        config.camera.source = str(feed.video)
+    online = broker_answers(config.mqtt.host, config.mqtt.port)
+    print_banner(feed, emulator, config, args.broker, online)
     sorted_items: list[tuple[SortedItem, str | None, str | None]] = []
+    held_items: list[str] = []
+
+    def on_tray() -> tuple[str, tuple[str, str] | None]:
+        label = tray.current_label if tray else None
+        return (tray.current_name or "") if tray else "", truth(label, daemon.classifier.bundle.taxonomy)
 
     def show(item: SortedItem) -> None:
-        name = tray.current_name if tray else ""
-        label = tray.current_label if tray else None
-        sorted_items.append((item, name, label))
-        mark = " uncertain" if item.uncertain else ""
-        if item.cost_rule:
-            mark += f" (costs; most probable: {item.most_probable_bin})"
-        print(
-            f"{len(sorted_items):>3}  {(name or '')[:24]:<24} {item.item:<16} → {item.bin:<11}"
-            f"{item.confidence:5.0%} {item.latency_ms:5.0f} ms{mark}",
-            flush=True,
-        )
-
-    held_items: list[str] = []
+        name, known = on_tray()
+        sorted_items.append((item, name, known[0] if known else None))
+        print(item_row(len(sorted_items), name, known, item), flush=True)
 
     def held(decision: Decision) -> None:
         """The bin would not tip it: the simulated person takes it back, and the next item comes."""
-        name = tray.current_name if tray else ""
+        name, known = on_tray()
         held_items.append(decision.item)
-        print(f"  -  {(name or '')[:24]:<24} {decision.item:<16} held: {decision.held}; taken back")
+        print(held_row(name, known, decision), flush=True)
         if tray:
             tray.take_back()
 
@@ -126,13 +207,24 @@ def run_demo(args: Any) -> int:
     summarise(daemon, sorted_items, online, state)
     if held_items:
         print(f"{len(held_items)} items held on the tray and taken back: {', '.join(held_items)}")
-    return code
+    return code or photos_skipped(feed)
+
+
+def photos_skipped(feed: Feed) -> int:
+    """Exit status 1 when photos were skipped (at the start, or unreadable by the time they were laid)."""
+    if feed.tally is None or feed.tray is None:
+        return 0
+    skipped = len(feed.tally.skipped) + len(feed.tray.skipped)
+    if skipped:
+        print(f"{skipped} photo{'' if skipped == 1 else 's'} skipped (unreadable, named above)")
+    return 1 if skipped else 0
 
 
 def summarise(daemon: Daemon, sorted_items: list, online: bool, state: Path) -> None:
     found = read_summary(daemon.config.ledger)
     counts, waiting = found.counts, found.waiting
-    print(f"\n{len(sorted_items)} items sorted: " + ", ".join(f"{b} {n}" for b, n in counts.items()))
+    per_bin = ", ".join(f"{b} {n}" for b, n in counts.items())
+    print(f"\n{len(sorted_items)} items sorted" + (f": {per_bin}" if per_bin else ""))
     if sorted_items:
         latencies = [item.latency_ms for item, _, _ in sorted_items]
         print(f"trigger to confirmed move: median {statistics.median(latencies):.0f} ms")
