@@ -37,7 +37,7 @@ def test_the_fleet_keeps_what_each_bin_last_said():
     fleet.receive("smartbin/b2/state", json.dumps({"total": 5, "items_today": 2, "faults": {}}).encode())
     fleet.receive("smartbin/b1/event", json.dumps({"item": "paper", "bin": "recyclable", "id": "x"}).encode())
     fleet.receive("smartbin/b1/availability", b"offline")
-    fleet.receive("smartbin/b1/state", b"{not json")  # ignored, counted, nothing else changes
+    fleet.receive("smartbin/b1/state", b"{not json")  # counted; b1 stays listed, with a note
     fleet.receive("smartbin/b1/state", b"[1, 2]")
     fleet.receive("smartbin/b1/state", b"[" * 100_000)  # nested past the recursion limit
     fleet.receive("other/b9/state", b"{}")  # another prefix
@@ -49,6 +49,7 @@ def test_the_fleet_keeps_what_each_bin_last_said():
         "confidence": None,
         "time": None,
     }
+    assert "its last state was unreadable (" in b1["note"] and b2["note"] is None
     assert b2["online"] is True and b2["total"] == 5 and b2["items_today"] == 2 and b2["faults"] == {}
 
 

@@ -5,18 +5,18 @@ its state (counts, items today, faults, fill) and its last item. A bin appears w
 message (the retained ones arrive at once) and is shown offline when its availability says so
 (its last will, when it vanishes). The page asks the server for the picture every second; no
 broker websockets are needed. A broker that does not answer is shown on the page, and retried.
+A bin whose last state cannot be read (not strict JSON, over ``MAX_PAYLOAD``) keeps its card with a
+note saying why; one whose retained state or availability is cleared (an empty message) is forgotten.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,23 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import MqttConfig
 from edge.mqtt.client import log_in
-from edge.service.web import PageHandler, listen
+from edge.service.web import PageHandler, PageServer, listen, strict_json
 
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("fleet.html")
+MAX_PAYLOAD = 64 * 1024
+
+
+def bin_object(payload: bytes, what: str) -> dict[str, Any]:
+    """A bin's ``state`` or ``event``: a JSON object of at most ``MAX_PAYLOAD`` bytes, in strict JSON
+    (``NaN`` and ``Infinity`` would make the page's own JSON unreadable); ValueError says why not."""
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"{len(payload):,} bytes, over the {MAX_PAYLOAD // 1024} KiB this page accepts")
+    data = strict_json(payload)
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} is not a JSON object")
+    return data
 
 
 @dataclass
@@ -41,6 +53,7 @@ class BinView:
     state: dict[str, Any] = field(default_factory=dict)
     last_event: dict[str, Any] | None = None
     heard_at: float = 0.0
+    note: str | None = None  # why its last state is not shown
 
     def to_dict(self) -> dict[str, Any]:
         state = self.state
@@ -56,6 +69,7 @@ class BinView:
             "model_id": state.get("model_id"),
             "last_item": self.last_event or state.get("last_item"),
             "heard_at": self.heard_at,
+            "note": self.note,
         }
 
 
@@ -75,28 +89,37 @@ class Fleet:
         if parts[: len(head)] != head or len(parts) < len(head) + 2:
             return
         device_id, kind = parts[len(head)], parts[len(head) + 1]
-        try:
-            with self._lock:
-                view = self.bins.get(device_id) or BinView(device_id)
-                if kind == "availability":
-                    view.online = payload == b"online"
-                elif kind == "state":
-                    state = json.loads(payload)
-                    if not isinstance(state, dict):
-                        raise ValueError("state is not a JSON object")
-                    view.state = state
-                elif kind == "event":
-                    event = json.loads(payload)
-                    if not isinstance(event, dict):
-                        raise ValueError("event is not a JSON object")
-                    view.last_event = {k: event.get(k) for k in ("item", "bin", "confidence", "time")}
-                else:
-                    return  # counts, fill and commands are all in the state
-                view.heard_at = time.time() if now is None else now
-                self.bins[device_id] = view
-        except Exception as exc:  # noqa: BLE001 - any payload (even one nested past the recursion limit)
-            self.ignored += 1
-            log.warning("fleet: ignored a message on %s: %s", topic[:120], exc)
+        if kind not in ("availability", "state", "event"):
+            return  # counts, fill and commands are all in the state
+        with self._lock:
+            if not payload and kind in ("availability", "state"):
+                self.forget(device_id)
+                return
+            view = self.bins.get(device_id) or BinView(device_id)
+            try:
+                self.update(view, kind, payload)
+            except Exception as exc:  # noqa: BLE001 - any payload (even one nested past the recursion limit)
+                self.ignored += 1
+                log.warning("fleet: ignored a message on %s: %s", topic[:120], exc)
+                if kind != "state":
+                    return
+                view.state, view.note = {}, f"its last state was unreadable ({str(exc)[:200]})"
+            view.heard_at = time.time() if now is None else now
+            self.bins[device_id] = view
+
+    def update(self, view: BinView, kind: str, payload: bytes) -> None:
+        if kind == "availability":
+            view.online = payload == b"online"
+        elif kind == "state":
+            view.state, view.note = bin_object(payload, "state"), None
+        else:
+            event = bin_object(payload, "event")
+            view.last_event = {k: event.get(k) for k in ("item", "bin", "confidence", "time")}
+
+    def forget(self, device_id: str) -> None:
+        """A bin whose retained state or availability was cleared (an empty message) was taken away."""
+        if self.bins.pop(device_id, None) is not None:
+            log.info("fleet: %s cleared its retained messages: no longer shown", device_id)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -143,15 +166,14 @@ def watch(fleet: Fleet, cfg: MqttConfig) -> mqtt.Client:
     return client
 
 
-def make_server(fleet: Fleet, host: str = "127.0.0.1", port: int = 8766) -> ThreadingHTTPServer:
+def make_server(fleet: Fleet, host: str = "127.0.0.1", port: int = 8766) -> PageServer:
     class Handler(PageHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
+        def get(self, path: str) -> None:
             if path == "/":
                 self.send(HTTPStatus.OK, PAGE.read_bytes(), "text/html; charset=utf-8")
             elif path == "/api/fleet":
                 self.send_json(HTTPStatus.OK, fleet.snapshot())
             else:
-                self.send_json(HTTPStatus.NOT_FOUND, {"error": f"nothing at {path[:80]}"})
+                super().get(path)
 
     return listen(host, port, Handler)

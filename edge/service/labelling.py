@@ -7,36 +7,154 @@ under a temporary name and renamed, so that a crash or a second technician label
 never leaves a damaged file: the last label written for a photo wins. A label may be any item of the
 taxonomy, ``empty`` ("not an item": a bare tray, a hand), or a new item typed in with its bin.
 
-Only this folder's pairs are served; the server listens on localhost unless told otherwise.
+Only this folder's pairs are served (every link followed, and refused if it leads out of the folder;
+only regular files, size-capped); the server listens on localhost unless told otherwise.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import stat
+import unicodedata
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 from edge.errors import SmartbinError
 from edge.images import LABEL
 from edge.model.taxonomy import Taxonomy
 from edge.service.review import write_atomically
-from edge.service.web import PageHandler, listen
+from edge.service.web import PageHandler, PageServer, listen, strict_json
 
 log = logging.getLogger(__name__)
 
 NOT_AN_ITEM = "empty"
 PAGE = Path(__file__).with_name("labelling.html")
-NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+NAME = re.compile(r"[A-Za-z0-9._-]+")
 MAX_BODY = 4096
+MAX_SIDECAR = 1 << 20
+MAX_PHOTO = 32 << 20
+MAX_SHOWN = 200
 
 
 class LabelError(ValueError):
     """A label refused, with the reason the page shows."""
+
+
+class Unreadable(ValueError):
+    """A file of the folder that is not read, with the reason."""
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file; anything else (a FIFO, a device, a folder) is refused
+    without waiting on it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise Unreadable(f"cannot be opened ({exc.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Unreadable("not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as file:
+            data = file.read(limit + 1)
+    except OSError as exc:
+        raise Unreadable(f"cannot be read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise Unreadable(f"larger than the {limit // 1024} KiB read")
+    return data
+
+
+def sidecar_data(raw: bytes) -> dict[str, Any]:
+    try:
+        data = strict_json(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Unreadable(f"not JSON: {str(exc)[:120]}") from None
+    if not isinstance(data, dict):
+        raise Unreadable("not a JSON object")
+    return data
+
+
+def probability(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise Unreadable(f"probability {str(value)[:40]} is not a number from 0 to 1")
+    return float(value)
+
+
+def top_guesses(data: dict[str, Any]) -> list[list[Any]]:
+    """The five most probable labels of a sidecar, with their probability."""
+    probabilities = data.get("probabilities")
+    if not isinstance(probabilities, dict):
+        raise Unreadable("no probabilities")
+    ranked = sorted(((label, probability(p)) for label, p in probabilities.items()), key=lambda kv: -kv[1])
+    return [[label, round(p, 4)] for label, p in ranked[:5]]
+
+
+def shown(value: Any) -> str | None:
+    """A sidecar's field as the page shows it: text (at most ``MAX_SHOWN`` characters) or None."""
+    if value is None:
+        return None
+    return (value if isinstance(value, str) else json.dumps(value))[:MAX_SHOWN]
+
+
+def item_view(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "top": top_guesses(data),
+        "bin": shown(data.get("bin")),
+        "kept": shown(data.get("kept", "uncertain")),
+        "label": shown(data.get("label")),
+        "label_bin": shown(data.get("label_bin")),
+    }
+
+
+def checked_label(label: Any, bin_id: Any, taxonomy: Taxonomy) -> tuple[str, str | None]:
+    """The label and its bin as a sidecar keeps them; a label the taxonomy does not know needs ``bin_id``."""
+    if not isinstance(label, str):
+        raise LabelError("a label is text")
+    if any(unicodedata.category(c) == "Cc" for c in label):
+        raise LabelError(
+            f"{label[:60]!r} holds a control character (a line break, a tab): a label is lower-case "
+            "letters, digits and '-'"
+        )
+    if label == NOT_AN_ITEM:
+        return label, None
+    if label in taxonomy.items:
+        return label, taxonomy.bin_of(label)
+    if not LABEL.fullmatch(label):
+        raise LabelError(f"{label[:60]!r} is not a label: lower-case letters, digits and '-', at most 40")
+    if not isinstance(bin_id, str) or bin_id not in taxonomy.bin_ids:
+        raise LabelError(f"{label!r} is a new item: say which bin it goes to ({', '.join(taxonomy.bin_ids)})")
+    return label, bin_id
+
+
+def read_request(length: str | None, body: IO[bytes]) -> dict[str, Any]:
+    """A label request: a JSON object of 1 to ``MAX_BODY`` bytes."""
+    size = int(length) if (length or "").strip().isdigit() else 0
+    if not 0 < size <= MAX_BODY:
+        raise LabelError(f"a label request is 1 to {MAX_BODY} bytes of JSON")
+    try:
+        request = strict_json(body.read(size))
+    except ValueError as exc:
+        raise LabelError(f"a label request is JSON: {str(exc)[:120]}") from None
+    if not isinstance(request, dict):
+        raise LabelError("a label request is a JSON object")
+    return request
+
+
+@contextmanager
+def about(file: str) -> Iterator[None]:
+    """Names ``file`` first in the reason of an Unreadable raised within."""
+    try:
+        yield
+    except Unreadable as exc:
+        raise Unreadable(f"{file}: {exc}") from None
 
 
 @dataclass
@@ -44,31 +162,40 @@ class ReviewFolder:
     folder: Path
     taxonomy: Taxonomy
 
+    def path(self, name: str, suffix: str) -> Path:
+        """A file of one of this folder's pairs, every link followed; one elsewhere is Unreadable."""
+        if not NAME.fullmatch(name):
+            raise Unreadable("not a frame's name (letters, digits, '.', '_', '-')")
+        root = self.folder.resolve()
+        try:
+            real = (root / f"{name}{suffix}").resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of links, before Python 3.13
+            raise Unreadable(f"a link that leads nowhere ({exc})") from None
+        if root not in real.parents:
+            raise Unreadable("a link out of the folder")
+        return real
+
+    def sidecar(self, name: str) -> dict[str, Any]:
+        return sidecar_data(read_regular(self.path(name, ".json"), MAX_SIDECAR))
+
+    def item(self, name: str) -> dict[str, Any]:
+        """One pair as the page shows it; Unreadable says why it is not shown."""
+        with about(f"{name[:80]}.jpg"):
+            if not self.path(name, ".jpg").is_file():
+                raise Unreadable("not a regular file")
+            if not (self.folder / f"{name}.json").exists():
+                raise Unreadable("no JSON beside it (still being written, or lost)")
+        with about(f"{name}.json: unreadable"):
+            return item_view(name, self.sidecar(name))
+
     def pairs(self) -> tuple[list[dict[str, Any]], list[str]]:
         """Every whole pair as the page shows it, and what is wrong with the rest (not shown)."""
         items, problems = [], []
         for image in sorted(self.folder.glob("*.jpg")):
-            sidecar = image.with_suffix(".json")
-            if not sidecar.exists():
-                problems.append(f"{image.name}: no JSON beside it (still being written, or lost): not shown")
-                continue
             try:
-                data = json.loads(sidecar.read_text(encoding="utf-8"))
-                probabilities = data["probabilities"]
-                top = sorted(probabilities.items(), key=lambda kv: -float(kv[1]))[:5]
-            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                problems.append(f"{sidecar.name}: unreadable ({type(exc).__name__}: {exc}): not shown")
-                continue
-            items.append(
-                {
-                    "name": image.stem,
-                    "top": [[label, round(float(p), 4)] for label, p in top],
-                    "bin": data.get("bin"),
-                    "kept": data.get("kept", "uncertain"),
-                    "label": data.get("label"),
-                    "label_bin": data.get("label_bin"),
-                }
-            )
+                items.append(self.item(image.stem))
+            except Unreadable as exc:
+                problems.append(f"{exc}: not shown")
         return items, problems
 
     def catalogue(self) -> dict[str, Any]:
@@ -83,41 +210,30 @@ class ReviewFolder:
             "problems": problems,
         }
 
-    def photo(self, name: str) -> Path:
-        """The JPEG of a pair of this folder; anything else (another folder, ``..``) is refused."""
-        if not NAME.match(name) or not (self.folder / f"{name}.jpg").is_file():
-            raise LabelError(f"no photo named {name[:80]!r} in this folder")
-        return self.folder / f"{name}.jpg"
+    def photo(self, name: str) -> bytes:
+        """The JPEG of a pair of this folder; another folder, ``..`` or a link out of it is refused."""
+        with about(f"{name[:80]}.jpg"):
+            return read_regular(self.path(name, ".jpg"), MAX_PHOTO)
 
-    def label(self, name: str, label: str, bin_id: str | None = None) -> dict[str, Any]:
+    def label(self, name: str, label: Any, bin_id: Any = None) -> dict[str, Any]:
         """Write ``label`` into the pair's JSON; a label the taxonomy does not know needs ``bin_id``."""
-        sidecar = self.photo(name).with_suffix(".json")
-        if label == NOT_AN_ITEM:
-            bin_id = None
-        elif label in self.taxonomy.items:
-            bin_id = self.taxonomy.bin_of(label)
-        elif not LABEL.match(label or ""):
-            raise LabelError(
-                f"{str(label)[:60]!r} is not a label: lower-case letters, digits and '-', at most 40"
-            )
-        elif bin_id not in self.taxonomy.bin_ids:
-            raise LabelError(
-                f"{label!r} is a new item: say which bin it goes to ({', '.join(self.taxonomy.bin_ids)})"
-            )
+        label, bin_id = checked_label(label, bin_id, self.taxonomy)
         try:
-            data = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise LabelError(f"{sidecar.name} cannot be read ({exc}): label not written") from None
+            with about(name[:80]):
+                if not self.path(name, ".jpg").is_file():
+                    raise Unreadable("no photo of that name in this folder")
+                sidecar, data = self.path(name, ".json"), self.sidecar(name)
+        except Unreadable as exc:
+            raise LabelError(f"{exc}: label not written") from None
         data["label"], data["label_bin"] = label, bin_id
-        write_atomically(sidecar, json.dumps(data, indent=1).encode("utf-8"))
+        write_atomically(sidecar, json.dumps(data, indent=1, allow_nan=False).encode("utf-8"))
         log.info("%s: %s (%s)", name, label, bin_id or "no bin")
         return {"name": name, "label": label, "label_bin": bin_id}
 
 
 def handler_for(review: ReviewFolder) -> type[PageHandler]:
     class Handler(PageHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
+        def get(self, path: str) -> None:
             if path == "/":
                 self.send(HTTPStatus.OK, PAGE.read_bytes(), "text/html; charset=utf-8")
             elif path == "/api/items":
@@ -125,26 +241,21 @@ def handler_for(review: ReviewFolder) -> type[PageHandler]:
             elif path.startswith("/photo/") and path.endswith(".jpg"):
                 try:
                     photo = review.photo(path[len("/photo/") : -len(".jpg")])
-                except LabelError as exc:
-                    self.send_json(HTTPStatus.NOT_FOUND, {"error": str(exc)})
+                except Unreadable as exc:
+                    self.send_json(HTTPStatus.NOT_FOUND, {"error": f"no such photo: {exc}"})
                     return
-                self.send(HTTPStatus.OK, photo.read_bytes(), "image/jpeg")
+                self.send(HTTPStatus.OK, photo, "image/jpeg")
             else:
-                self.send_json(HTTPStatus.NOT_FOUND, {"error": f"nothing at {path[:80]}"})
+                super().get(path)
 
-        def do_POST(self) -> None:
-            if self.path != "/api/label":
-                self.send_json(HTTPStatus.NOT_FOUND, {"error": "nothing to post here"})
+        def post(self, path: str) -> None:
+            if path != "/api/label":
+                super().post(path)
                 return
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-                if not 0 < length <= MAX_BODY:
-                    raise LabelError(f"a label request is 1 to {MAX_BODY} bytes of JSON")
-                request = json.loads(self.rfile.read(length))
-                if not isinstance(request, dict):
-                    raise LabelError("a label request is a JSON object")
+                request = read_request(self.headers.get("Content-Length"), self.rfile)
                 result = review.label(str(request.get("name")), request.get("label"), request.get("bin"))
-            except (LabelError, ValueError) as exc:
+            except LabelError as exc:
                 self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
                 return
             self.send_json(HTTPStatus.OK, result)
@@ -152,7 +263,7 @@ def handler_for(review: ReviewFolder) -> type[PageHandler]:
     return Handler
 
 
-def make_server(review: ReviewFolder, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
+def make_server(review: ReviewFolder, host: str = "127.0.0.1", port: int = 8765) -> PageServer:
     if not review.folder.is_dir():
         raise SmartbinError(
             f"review folder {review.folder} does not exist",
