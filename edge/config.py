@@ -1,32 +1,57 @@
 """The device config: one YAML file, every key with a default and a description.
 
 A bad file fails at start with the key path, the bad value and what was
-expected. Sections are dataclasses; ``help`` in a field's metadata is its
-description (``smartbin config`` prints them all).
+expected, every bad key at once. Sections are dataclasses; ``help`` in a field's
+metadata is its description (``smartbin config`` prints them all).
+
+:func:`load_config` also judges what a file on disk decides (:func:`disk_problems`): the bins of the
+taxonomy the bin will sort by (``model.taxonomy``, else the one in the bundle's ``model.json``) must
+each have a servo position, and ``model.fallback_bin`` and the bins under ``fill.capacity`` must be
+bins of it; the MQTT password and TLS files must be regular files. A bundle whose ``model.json``
+cannot be read (not there on this machine, damaged) is not judged here: the daemon refuses it at
+start with its own message. :func:`parse_config` (a mapping, no disk) leaves these out.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import math
 import os
+import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from edge.camera.kinds import STREAM_SCHEMES, sources_help
 from edge.errors import SmartbinError
 from edge.model.decision import DEFAULT_THRESHOLD, UNKNOWN_CHOICES
+from edge.paths import DEFAULT_BUNDLE
 from edge.schema import (
+    MAX_FILE_BYTES,
     NAME_MAX,
     PATH_EXPECT,
+    ConfigErrors,
+    UnfitFile,
     build_dataclass,
+    char_name,
+    escape_char,
+    escaped,
     file_path,
+    key_type,
     opt,
+    problems_of,
+    read_capped,
     read_yaml_file,
+    regular_file_problem,
     shown,
     unit_interval,
 )
 from edge.servo.protocols import PROTOCOLS
+
+if TYPE_CHECKING:
+    from edge.model.taxonomy import Taxonomy
 
 REFERENCE_HEADER = """\
 # smartbin device config: /etc/smartbin/smartbin.yaml on a bin.
@@ -92,8 +117,55 @@ def mqtt_string(s: str) -> bool:
 
 
 def topic_level(s: str) -> bool:
-    """One or more MQTT topic levels: no wildcards, no NUL, no empty level."""
-    return bool(s) and not any(c in s for c in "+#\0") and all(s.split("/")) and mqtt_string(s)
+    """One or more MQTT topic levels: no wildcards, no NUL, no empty level, not the broker's own ``$``
+    topics (a broker acknowledges a message to ``$SYS/...`` and drops it)."""
+    return topic_level_problem(s) == ""
+
+
+def topic_level_problem(s: str) -> str:
+    """What is wrong with ``s`` as the start of a topic, or ""."""
+    if not s:
+        return "it is empty"
+    wildcard = next((c for c in s if c in "+#\0"), None)
+    if s.startswith("$"):
+        return "topics starting with '$' are the broker's own ($SYS): it takes messages there and drops them"
+    if wildcard is not None:
+        return f"it holds {char_name(wildcard)}" + (", a wildcard" if wildcard != "\0" else "")
+    if not all(s.split("/")):
+        return "it has an empty level"
+    return "" if mqtt_string(s) else "it is not UTF-8 text of at most 65535 bytes"
+
+
+TOPIC_EXPECT = (
+    "topic levels not starting with '$', without '+', '#', NUL or an empty level (no leading, trailing or "
+    f"double '/'), {MQTT_STRING_EXPECT}"
+)
+
+
+# A device id is a topic level, a log word and a line on the fleet page: letters (any script) and
+# digits, '-', '_', '.': no '/', '+', '#' (topics), no spaces or control characters (log lines, topics),
+# no bidirectional controls (U+202E shows the id reversed on the fleet page).
+DEVICE_ID_MAX = 64
+DEVICE_ID_EXPECT = (
+    f"1 to {DEVICE_ID_MAX} letters, digits, '-', '_' or '.' (no '/', '+', '#', spaces, NUL, control or "
+    "bidirectional characters)"
+)
+
+
+def device_id_char(c: str) -> bool:
+    return c in "-_." or unicodedata.category(c) in ("Lu", "Ll", "Lt", "Lm", "Lo", "Nd")
+
+
+def device_id_valid(s: str) -> bool:
+    return 1 <= len(s) <= DEVICE_ID_MAX and all(device_id_char(c) for c in s)
+
+
+def device_id_problem(s: str) -> str:
+    """Which rule ``s`` breaks, the offending character named and escaped."""
+    if not s or len(s) > DEVICE_ID_MAX:
+        return f"it is {len(s)} characters long"
+    position, bad = next((i, c) for i, c in enumerate(s, 1) if not device_id_char(c))
+    return f"character {position} is {char_name(bad)}, written {escape_char(bad)}"
 
 
 def host_name(s: str) -> bool:
@@ -169,7 +241,11 @@ class ServoConfig:
             "hazardous": 1700.0,
             "other": 1900.0,
         },
-        metadata={"help": "pulse width (µs) that tips the tray into each bin (smartbin servo calibrate)"},
+        metadata={
+            "help": "pulse width (µs) that tips the tray into each bin (smartbin servo calibrate)",
+            # not printed in the reference (that is the help); what the bound tests read
+            "expect": f"{PULSE_EXPECT}, within servo.min_us..max_us, for every bin of the taxonomy",
+        },
     )
     speed: Optional[int] = opt(
         None,
@@ -222,19 +298,34 @@ class ServoConfig:
     )
 
     def __post_init__(self) -> None:
-        self._check_interlock()
+        errors = []
+        try:
+            self._check_interlock()
+        except SmartbinError as exc:
+            errors.append(exc)
+        errors += self._range_problems()
+        if errors:
+            raise ConfigErrors(errors, "config")
+
+    def _range_problems(self) -> list[SmartbinError]:
+        """min_us below max_us, and home and every bin's position between them."""
         if not self.min_us < self.max_us:
-            raise SmartbinError(
-                f"servo.min_us ({self.min_us:g}) is not below servo.max_us ({self.max_us:g})",
-                "set the mechanism's safe range",
-            )
-        for key, value in [("home_us", self.home_us)] + [(f"bins.{b}", v) for b, v in self.bins.items()]:
-            if not math.isfinite(value) or not self.min_us <= value <= self.max_us:
-                raise SmartbinError(
-                    f"servo.{key} = {value:g} µs is outside servo.min_us..max_us "
-                    f"({self.min_us:g}..{self.max_us:g})",
-                    "recalibrate it (smartbin servo calibrate) or widen the limits if the mechanism allows",
+            return [
+                SmartbinError(
+                    f"servo.min_us ({self.min_us:g}) is not below servo.max_us ({self.max_us:g})",
+                    "set the mechanism's safe range",
                 )
+            ]
+        positions = [("home_us", self.home_us)] + [(f"bins.{escaped(b)}", v) for b, v in self.bins.items()]
+        return [
+            SmartbinError(
+                f"servo.{key} = {value:g} µs is outside servo.min_us..max_us "
+                f"({self.min_us:g}..{self.max_us:g})",
+                "recalibrate it (smartbin servo calibrate) or widen the limits if the mechanism allows",
+            )
+            for key, value in positions
+            if not math.isfinite(value) or not self.min_us <= value <= self.max_us
+        ]
 
     def _check_interlock(self) -> None:
         """The input must be one this controller has: refused at start, never found out mid-move."""
@@ -313,8 +404,8 @@ class MqttConfig:
         "smartbin",
         "topics are <topic_prefix>/<device_id>/...",
         topic_level,
-        "topic levels without '+', '#', NUL or an empty level (no leading, trailing or double '/'), "
-        f"{MQTT_STRING_EXPECT}",
+        TOPIC_EXPECT,
+        topic_level_problem,
     )
     client_id: Optional[str] = opt(
         None, "MQTT client id; empty = smartbin-<device_id>", mqtt_string, MQTT_STRING_EXPECT
@@ -346,7 +437,11 @@ class MqttConfig:
     key_file: Optional[str] = opt(None, "client key (PEM) for cert_file", file_path, PATH_EXPECT)
     ha_discovery: bool = opt(True, "announce the bin to Home Assistant (MQTT discovery)")
     ha_prefix: str = opt(
-        "homeassistant", "Home Assistant's discovery prefix", topic_level, "topic levels, as topic_prefix"
+        "homeassistant",
+        "Home Assistant's discovery prefix",
+        topic_level,
+        "topic levels, as topic_prefix",
+        topic_level_problem,
     )
 
 
@@ -417,9 +512,30 @@ class CameraConfig:
     )
 
 
+# The smallest side of trigger.roi, as a share of the frame's: a thinner region is a row or column of a
+# few pixels (stretched to the analysis width), whose noise alone reads as an item.
+MIN_ROI_SIDE = 0.05
+ROI_EXPECT = (
+    f"[x, y, width, height], fractions of the frame inside 0..1, width and height at least {MIN_ROI_SIDE:g}"
+)
+
+
 def roi_valid(roi: list) -> bool:
-    x, y, w, h = roi if len(roi) == 4 else (-1, -1, -1, -1)
-    return 0 <= x < 1 and 0 <= y < 1 and 0 < w <= 1 - x + 1e-9 and 0 < h <= 1 - y + 1e-9
+    return roi_problem(roi) == ""
+
+
+def roi_problem(roi: list) -> str:
+    """What is wrong with ``roi`` as a region of the frame, or ""."""
+    if len(roi) != 4:
+        return f"it has {len(roi)} numbers"
+    x, y, w, h = roi
+    if not (0 <= x < 1 and 0 <= y < 1):
+        return "its corner is outside the frame"
+    if w < MIN_ROI_SIDE or h < MIN_ROI_SIDE:
+        return f"a region {w:g} wide and {h:g} high is too thin to watch: its noise would read as items"
+    if w > 1 - x + 1e-9 or h > 1 - y + 1e-9:
+        return "it reaches past the edge of the frame"
+    return ""
 
 
 @dataclass
@@ -435,13 +551,14 @@ class TriggerConfig:
         None,
         "region of the tray watched, [x, y, width, height] as fractions of the frame; empty = all of it",
         roi_valid,
-        "[x, y, width, height], fractions of the frame inside 0..1",
+        ROI_EXPECT,
+        roi_problem,
     )
     pixel_level: float = opt(
         25.0,
         "grey-level change (0-255) from the empty tray that marks a pixel as changed",
         lambda x: 0 < x < 255,
-        "1 to 254",
+        "more than 0, less than 255",
     )
     area: float = opt(
         0.03, "share of the region that must change for an item to be present", unit_interval, "0 to 1"
@@ -482,6 +599,19 @@ class TriggerConfig:
     )
     every_frames: int = opt(
         30, "continuous: classify once every this many frames", lambda n: 1 <= n <= 100_000, "1 to 100000"
+    )
+    idle_after_s: float = opt(
+        30.0,
+        "presence: after the tray has been empty and still this long, read only idle_fps frames a second "
+        "until something changes (an idle bin costs almost no CPU); 0 = never idle",
+        lambda x: 0 <= x <= 86400,
+        "0 to 86400",
+    )
+    idle_fps: float = opt(
+        1.0,
+        "presence: frames a second while idle; an item that lands is seen at most 1/idle_fps s later",
+        lambda x: 0.1 <= x <= 30,
+        "0.1 to 30",
     )
 
 
@@ -539,13 +669,18 @@ class SortingConfig:
     )
 
 
+MAX_CAPACITY = 1_000_000
+
+
 @dataclass
 class FillConfig:
     capacity: Dict[str, int] = field(
         default_factory=lambda: {"recyclable": 200, "kitchen": 100, "hazardous": 50, "other": 200},
         metadata={
             "help": "items each bin holds when full; the fill since it was last emptied is counted against "
-            "it (a bin not listed is not tracked)"
+            "it (a bin not listed is not tracked)",
+            # not printed in the reference (that is the help); what the bound tests read
+            "expect": "1 to 1000000 items, for bins of the taxonomy",
         },
     )
     nearly_full: float = opt(
@@ -561,13 +696,18 @@ class FillConfig:
     )
 
     def __post_init__(self) -> None:
-        for bin_id, items in self.capacity.items():
-            if isinstance(items, bool) or not isinstance(items, int) or not 0 < items <= 1_000_000:
-                raise SmartbinError(
-                    f"fill.capacity.{bin_id} = {shown(items)} is not a number of items from 1 to 1000000",
-                    f"write how many items the {bin_id} bin holds when full, e.g. 'fill.capacity.{bin_id}: "
-                    "200', or leave the bin out to not track it",
-                )
+        errors = [
+            SmartbinError(
+                f"fill.capacity.{escaped(str(bin_id))} = {shown(items)} is not a number of items from 1 to "
+                f"{MAX_CAPACITY}",
+                f"write how many items the {escaped(str(bin_id))} bin holds when full, e.g. "
+                f"'fill.capacity.{escaped(str(bin_id))}: 200', or leave the bin out to not track it",
+            )
+            for bin_id, items in self.capacity.items()
+            if isinstance(items, bool) or not isinstance(items, int) or not 0 < items <= MAX_CAPACITY
+        ]
+        if errors:
+            raise ConfigErrors(errors, "config")
 
 
 @dataclass
@@ -575,8 +715,9 @@ class Config:
     device_id: str = opt(
         "smartbin-dev",
         "this bin's id, used in MQTT topics",
-        lambda s: bool(s) and not any(c in s for c in "/+#\0") and mqtt_string(s),
-        f"a non-empty id without '/', '+', '#' or NUL, {MQTT_STRING_EXPECT}",
+        device_id_valid,
+        DEVICE_ID_EXPECT,
+        device_id_problem,
     )
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the classifier"})
     servo: ServoConfig = field(default_factory=ServoConfig, metadata={"help": "the tray servo"})
@@ -595,7 +736,8 @@ def parse_config(data: Any, source: str = "config") -> Config:
 
 
 def load_config(path: str | Path | None) -> Config:
-    """Read the YAML config; ``None`` gives the defaults."""
+    """Read the YAML config; ``None`` gives the defaults. Every problem of the file is named at once:
+    its keys' (:func:`parse_config`) and what the files it names decide (:func:`disk_problems`)."""
     if path is None:
         return Config()
     data = read_yaml_file(
@@ -605,7 +747,171 @@ def load_config(path: str | Path | None) -> Config:
         damaged_fix="point --config at the YAML file, or write it again from config/smartbin.yaml",
         unreadable_fix="check the path and its permissions (the service reads it as user smartbin)",
     )
-    return parse_config(data, source=str(path))
+    source = str(path)
+    try:
+        config: Optional[Config] = parse_config(data, source=source)
+        errors: list[SmartbinError] = []
+    except SmartbinError as exc:
+        config, errors = None, problems_of(exc)
+    parts = {name: getattr(config, name) for name in DISK_KEYS} if config else parts_alone(data)
+    errors += [SmartbinError(f"{source}: {e.problem}", e.fix) for e in disk_problems(parts, data)]
+    if errors:
+        raise ConfigErrors(errors, source)
+    assert config is not None
+    return config
+
+
+# The keys disk_problems reads, by section: judged even when other keys of the file are bad.
+DISK_KEYS = {
+    "model": ("bundle", "taxonomy", "fallback_bin"),
+    "servo": ("bins", "min_us", "max_us", "home_us"),
+    "fill": ("capacity",),
+    "mqtt": ("password_file", "ca_file", "cert_file", "key_file"),
+}
+
+
+def parts_alone(data: Any) -> dict[str, Any]:
+    """The sections of DISK_KEYS, each parsed from only those keys, that are valid on their own (the
+    problems of the others are named already)."""
+    parts = {}
+    for name, keys in DISK_KEYS.items():
+        raw = data.get(name) if isinstance(data, Mapping) else None
+        try:
+            section = {k: raw[k] for k in keys if k in raw} if isinstance(raw, Mapping) else raw
+            parts[name] = getattr(parse_config({name: section}), name)
+        except SmartbinError:
+            pass
+    return parts
+
+
+def disk_problems(parts: Mapping[str, Any], data: Any) -> list[SmartbinError]:
+    """What the files a config names say about its sections ``parts`` (problems without its name)."""
+    problems = secret_file_problems(parts["mqtt"]) if "mqtt" in parts else []
+    model = parts.get("model")
+    if model is None:
+        return problems
+    try:
+        taxonomy, where = configured_taxonomy(model)
+    except SmartbinError as exc:
+        return problems + [SmartbinError(f"model.taxonomy = {shown(model.taxonomy)}: {exc.problem}", exc.fix)]
+    if taxonomy is not None:
+        problems += taxonomy_problems(parts, taxonomy, where, capacity_written(data))
+    return problems
+
+
+def capacity_written(data: Any) -> bool:
+    """Whether the file sets fill.capacity (the default names bins a taxonomy may not have)."""
+    fill = data.get("fill") if isinstance(data, Mapping) else None
+    return isinstance(fill, Mapping) and fill.get("capacity") is not None
+
+
+# The password is an MQTT string (at most 65535 bytes) and a line end; a CA bundle is a few hundred KiB.
+SECRET_MAX_BYTES = 64 << 10
+SECRET_FILES = (
+    ("password_file", "password", SECRET_MAX_BYTES),
+    ("ca_file", "CA certificate", MAX_FILE_BYTES),
+    ("cert_file", "client certificate", MAX_FILE_BYTES),
+    ("key_file", "client key", MAX_FILE_BYTES),
+)
+
+
+def secret_file_problems(mqtt: MqttConfig) -> list[SmartbinError]:
+    """A password or TLS file that is a device, a pipe or too large (``/dev/zero`` would be read until
+    memory runs out). A file not there is left to the broker connection, which names it."""
+    problems = []
+    for key, what, cap in SECRET_FILES:
+        path = getattr(mqtt, key)
+        reason = regular_file_problem(path, cap) if path else None
+        if reason:
+            problems.append(
+                SmartbinError(
+                    f"mqtt.{key} = {shown(path)} {reason}",
+                    f"point mqtt.{key} at the {what} file itself (a regular file the smartbin user can read)",
+                )
+            )
+    return problems
+
+
+def configured_taxonomy(model: ModelConfig) -> tuple[Optional[Taxonomy], str]:
+    """The taxonomy the bin will sort by, and where it comes from: ``model.taxonomy`` (SmartbinError if
+    it cannot be read), else the one in the bundle's model.json, or None when that cannot be read
+    cheaply (the daemon refuses such a bundle at start with its own message)."""
+    from edge.model.taxonomy import load_taxonomy
+
+    if model.taxonomy:
+        taxonomy = load_taxonomy(model.taxonomy)
+        return taxonomy, f"taxonomy {taxonomy.name!r} ({model.taxonomy})"
+    bundle = model.bundle or str(DEFAULT_BUNDLE)
+    taxonomy = embedded_taxonomy(bundle)
+    return taxonomy, f"taxonomy {taxonomy.name!r} (of model bundle {bundle})" if taxonomy else ""
+
+
+def embedded_taxonomy(bundle: str) -> Optional[Taxonomy]:
+    """The taxonomy in a bundle's model.json, or None if it cannot be read or is not valid."""
+    from edge.model.bundle import META_FILE, bundle_folder
+    from edge.model.taxonomy import parse_taxonomy
+
+    try:
+        meta = json.loads(read_capped(bundle_folder(bundle) / META_FILE).decode("utf-8"))
+        return parse_taxonomy(meta["taxonomy"])
+    except (OSError, UnfitFile, ValueError, KeyError, TypeError, RecursionError, SmartbinError):
+        return None
+
+
+def did_you_mean(name: str, choices: Sequence[str]) -> str:
+    guess = difflib.get_close_matches(name, choices, n=1)
+    return f"did you mean {guess[0]}? " if guess else ""
+
+
+def taxonomy_problems(
+    parts: Mapping[str, Any], taxonomy: Taxonomy, where: str, capacity_set: bool
+) -> list[SmartbinError]:
+    """Bins the config's sections ``parts`` and the taxonomy disagree on: a bin without a servo position
+    or a fallback bin the taxonomy lacks parks items at run time; capacities for bins it lacks track
+    nothing."""
+    problems = []
+    if "servo" in parts:
+        positions = parts["servo"].bins
+        strays = [b for b in positions if b not in taxonomy.bins]
+        problems += [missing_position(b, strays, where) for b in taxonomy.bin_ids if b not in positions]
+    fallback = parts["model"].fallback_bin
+    if fallback and fallback not in taxonomy.bins:
+        problems.append(unknown_fallback(fallback, taxonomy, where))
+    if capacity_set and "fill" in parts:
+        problems += [
+            unknown_capacity(b, taxonomy, where) for b in parts["fill"].capacity if b not in taxonomy.bins
+        ]
+    return problems
+
+
+def missing_position(bin_id: str, strays: Sequence[str], where: str) -> SmartbinError:
+    """A bin of the taxonomy without a servo position; ``strays``, the positions of bins it lacks."""
+    typo = difflib.get_close_matches(bin_id, strays, n=1)
+    return SmartbinError(
+        f"servo.bins.{bin_id} is missing: {where} has the bin {bin_id!r}, and an item for it would be left "
+        "on the tray (parked), never tipped",
+        (f"servo.bins.{escaped(typo[0])} is no bin of it: did you mean {bin_id}? " if typo else "")
+        + f"calibrate it (smartbin servo calibrate --bin {bin_id}), or write servo.bins.{bin_id}: <pulse µs>",
+    )
+
+
+def unknown_fallback(fallback: str, taxonomy: Taxonomy, where: str) -> SmartbinError:
+    listing = ", ".join(taxonomy.bin_ids)
+    return SmartbinError(
+        f"model.fallback_bin = '{escaped(fallback)}' is not a bin of {where} ({listing}): every uncertain "
+        "item would be left on the tray (parked)",
+        did_you_mean(fallback, taxonomy.bin_ids)
+        + f"name one of {listing}, or leave it empty for the taxonomy's default_bin, {taxonomy.default_bin}",
+    )
+
+
+def unknown_capacity(bin_id: str, taxonomy: Taxonomy, where: str) -> SmartbinError:
+    listing = ", ".join(taxonomy.bin_ids)
+    return SmartbinError(
+        f"fill.capacity.{escaped(bin_id)}: {where} has no bin '{escaped(bin_id)}' ({listing}), so its fill "
+        "would never be tracked",
+        did_you_mean(bin_id, taxonomy.bin_ids) + f"list capacities under the taxonomy's bins: {listing}",
+    )
 
 
 def set_keys(path: Path, values: Mapping[str, Any]) -> None:
@@ -618,8 +924,8 @@ def set_keys(path: Path, values: Mapping[str, Any]) -> None:
 
     yaml = YAML()
     try:
-        data = (yaml.load(path.read_text(encoding="utf-8")) if path.exists() else None) or {}
-    except (OSError, UnicodeDecodeError, YAMLError) as exc:
+        data = (yaml.load(read_capped(path).decode("utf-8")) if path.exists() else None) or {}
+    except (OSError, UnicodeDecodeError, UnfitFile, YAMLError, RecursionError) as exc:
         raise SmartbinError(
             f"config file {path} cannot be read as YAML, so no key was set: {exc}",
             "fix the file by hand (smartbin config prints the reference), then set the keys again",
@@ -634,7 +940,7 @@ def set_keys(path: Path, values: Mapping[str, Any]) -> None:
         node = data
         for depth, key in enumerate(parents, 1):
             if node.get(key) is None:
-                node[key] = {}
+                node[key] = section_start(".".join(parents[:depth]))
             node = node[key]
             if not isinstance(node, dict):
                 where = ".".join(parents[:depth])
@@ -660,6 +966,24 @@ def set_keys(path: Path, values: Mapping[str, Any]) -> None:
             exc.problem.replace(str(tmp), str(path)), exc.fix.replace(str(tmp), str(path))
         ) from None
     tmp.replace(path)
+
+
+# Mapping-valued keys that a key set under them starts from their defaults, when the file lacks them:
+# servo.bins.kitchen set alone would drop the other bins' positions, and a bin without one is refused.
+# (fill.capacity is not: a bin it does not list is just not tracked, and its default names bins a
+# taxonomy may lack.)
+SEEDED_FROM_DEFAULTS = ("servo.bins",)
+
+
+def section_start(dotted: str) -> dict:
+    """What a key absent from the file starts as when a key under it is set: the default entries of a
+    key of SEEDED_FROM_DEFAULTS, else nothing."""
+    if dotted not in SEEDED_FROM_DEFAULTS or typing.get_origin(key_type(dotted, Config)) is not dict:
+        return {}
+    value: Any = Config()
+    for name in dotted.split("."):
+        value = getattr(value, name)
+    return dict(value)
 
 
 def add_config_option(parser: Any) -> None:

@@ -265,6 +265,7 @@ RECALIBRATE = "recalibrate it (smartbin servo calibrate) or widen the limits if 
         (
             {"model": {"treshold": 0.5}},
             "unknown key model.treshold",
+            "did you mean model.threshold? "
             "known keys under model: bundle, taxonomy, threshold, fallback_bin, threads, top_k",
         ),
         (
@@ -427,9 +428,12 @@ def test_config_set_fills_an_empty_section_and_empties_a_key(tmp_path):
 
 
 def test_set_keys_creates_a_missing_file_with_only_those_keys(tmp_path):
+    """A bin's position set in a file without servo.bins keeps the other bins' positions: servo.bins
+    written with kitchen alone would leave every other bin without one (its items parked)."""
     p = tmp_path / "new.yaml"
     set_keys(p, {"servo.bins.kitchen": 1350.0, "device_id": "bin-07"})
-    assert yaml.safe_load(p.read_text()) == {"servo": {"bins": {"kitchen": 1350.0}}, "device_id": "bin-07"}
+    bins = {"recyclable": 1100.0, "kitchen": 1350.0, "hazardous": 1700.0, "other": 1900.0}
+    assert yaml.safe_load(p.read_text()) == {"servo": {"bins": bins}, "device_id": "bin-07"}
 
 
 def test_set_keys_refuses_a_bad_value_and_leaves_the_file_as_it_was(tmp_path, capsys):

@@ -37,6 +37,7 @@ NEVER_TIP_EXAMPLE = (
 )
 NEVER_TIP_KEYS = ("reason", "override", "hold_above")
 MAX_REASON = 200
+MAX_CONCEPT_DEPTH = 16  # concepts under concepts: a real tree has 2 or 3 levels
 
 
 @dataclass(frozen=True)
@@ -415,6 +416,13 @@ def parse_concepts(
             if name in path:
                 break  # a cycle that does not pass through start: found from one of its own names
             path.append(name)
+            if len(path) > MAX_CONCEPT_DEPTH:
+                raise fail(
+                    f"concepts nest more than {MAX_CONCEPT_DEPTH} levels deep "
+                    f"({' -> '.join(reversed(path[-4:]))} -> ... -> {start})",
+                    "a concept names one thing and holds its labels: group them under a few levels of "
+                    "concepts at most",
+                )
     for name in concepts:
         where: dict[str, list[str]] = {}
         for label in _leaves(name, concepts):
@@ -431,11 +439,16 @@ def parse_concepts(
 
 
 def _leaves(name: str, concepts: Mapping[str, tuple[str, ...]]) -> list[str]:
-    return [
-        label
-        for child in concepts[name]
-        for label in ([child] if child == name or child not in concepts else _leaves(child, concepts))
-    ]
+    """The labels under a concept, in the order its lists name them (walked without recursion)."""
+    found: list[str] = []
+    todo = [(name, child) for child in reversed(concepts[name])]
+    while todo:
+        parent, child = todo.pop()
+        if child == parent or child not in concepts:
+            found.append(child)
+        else:
+            todo += [(child, grandchild) for grandchild in reversed(concepts[child])]
+    return found
 
 
 def parse_costs(raw: Any, bins: list[str], fail) -> dict[str, dict[str, float]] | None:
