@@ -109,6 +109,12 @@ class SimulatedTray:
             if self.current is not None:
                 self.current, self._gap = None, self.gap_frames
 
+    def drop_next(self) -> None:
+        """The next item lands on the next frame, however long the gap before it was to be."""
+        with self._lock:
+            if self.current is None:
+                self._gap = 0
+
     def servo_moved(self, channel: int, pulse_us: float) -> None:
         """Called by the emulated controller: a tipped tray drops its item."""
         with self._lock:

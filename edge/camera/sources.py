@@ -100,6 +100,12 @@ class CaptureSource:
             return None
         raise SourceFault(f"{self.description} gave no frame (unplugged, or the stream dropped)")
 
+    def skip(self, frames: int) -> None:
+        """Dequeue ``frames`` frames without decoding them (``grab``): the ones queued before now."""
+        for _ in range(frames):
+            if not self.capture.grab():
+                raise SourceFault(f"{self.description} gave no frame (unplugged, or the stream dropped)")
+
     def close(self) -> None:
         self.capture.release()
 

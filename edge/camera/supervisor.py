@@ -118,9 +118,16 @@ class Camera:
         (a folder, a video file) keeps every frame."""
         if self.source is None or getattr(self.source, "finite", False):
             return
-        for _ in range(BUFFERED_FRAMES):
-            if self.read() is None:
-                return
+        skip = getattr(self.source, "skip", None)  # a capture device: dequeued, never decoded
+        if skip is None:
+            for _ in range(BUFFERED_FRAMES):
+                if self.read() is None:
+                    return
+            return
+        try:
+            skip(BUFFERED_FRAMES)
+        except SourceFault as exc:
+            self._failed(exc.reason)
 
     def close(self) -> None:
         if self.source is not None:

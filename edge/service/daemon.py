@@ -53,6 +53,7 @@ from typing import Any, Callable
 import numpy as np
 
 import edge
+from edge.camera.idle import IdlePace
 from edge.camera.kinds import open_source
 from edge.camera.sources import FrameSource
 from edge.camera.supervisor import Camera
@@ -65,7 +66,7 @@ from edge.camera.trigger import (
     make_trigger,
     save_tray,
 )
-from edge.config import Config, ServoConfig, load_config
+from edge.config import Config, ServoConfig, TriggerConfig, load_config
 from edge.errors import SmartbinError
 from edge.fill import FULL, bins_to_empty, fill_report, full_bins, full_fault
 from edge.ledger import Ledger, SortedItem, open_ledger
@@ -157,6 +158,7 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._sort_now = threading.Event()
+        self._wake = threading.Event()  # ends an idle rest early: a command, a stop
         self._held_lock = threading.Lock()  # the held item is read by the MQTT thread's sort command
         self.held: Item | None = None  # an item held on the tray (Decision.held), never tipped by itself
         self._held_presses = 0  # presses of sort since it was held
@@ -194,9 +196,11 @@ class Daemon:
 
     def request_stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     def request_reload(self) -> None:
         self._reload.set()
+        self._wake.set()
 
     def request_sort(self, source: str = "sort command") -> str | None:
         """Classify and sort what is on the tray now, whatever the trigger says.
@@ -242,6 +246,7 @@ class Daemon:
                 return None
         log.info("%s: sorting what is on the tray now", source)
         self._sort_now.set()
+        self._wake.set()
         return None
 
     def _sort_refused(self) -> str | None:
@@ -301,13 +306,14 @@ class Daemon:
             )
             telemetry = self._telemetry(config, ledger, classifier)
             trigger = make_trigger(config.trigger)
+            idle = self._idle_pace(config.trigger)
             camera = Camera(config.camera, self.opener, self.clock)
             servo = self._servo(config.servo)
         except BaseException:
             ledger.close()
             raise
         self.ledger, self.classifier, self.telemetry = ledger, classifier, telemetry
-        self.trigger, self.camera, self.servo = trigger, camera, servo
+        self.trigger, self.camera, self.servo, self.idle = trigger, camera, servo, idle
         self.started = True
         self.telemetry.start()
         self.started_at = self.clock()
@@ -473,6 +479,33 @@ class Daemon:
             self._reload.clear()
             self.reload()
         self.step()
+        if self.idle.update(self._quiet()):
+            self._rest()
+
+    def _idle_pace(self, cfg: TriggerConfig) -> IdlePace:
+        return IdlePace(cfg.idle_after_s, cfg.idle_fps, self.clock)
+
+    def _quiet(self) -> bool:
+        """The tray is empty and still and nothing waits: the loop may idle (see edge.camera.idle)."""
+        return (
+            self.trigger.shows_item is False
+            and self.trigger.state is TriggerState.EMPTY
+            and getattr(self.trigger, "motion", 1.0) <= self.config.trigger.still
+            and self.pending is None
+            and self.unrecorded is None
+            and self.held is None
+            and not self.votes
+            and not self._sort_now.is_set()
+            and self.camera.condition is None
+        )
+
+    def _rest(self) -> None:
+        """One idle period, ended early by a command; then the frames a live camera queued meanwhile
+        are skipped, so the next frame shows the tray as it is now."""
+        if self._wake.wait(self.idle.period_s):
+            self._wake.clear()
+            self.idle.wake()
+        self.camera.drop_buffered()
 
     def step(self) -> None:
         frame = self.camera.read()
@@ -997,6 +1030,7 @@ class Daemon:
             return
         self.config, self.classifier, self.trigger = new, classifier, trigger
         if new.trigger != old.trigger:
+            self.idle = self._idle_pace(new.trigger)
             self._view = -1  # at the next frame: the remembered tray if it fits the new ROI, else learn it
         if new.servo != old.servo:
             self.servo.close()
