@@ -9,6 +9,7 @@ from edge.errors import SmartbinError
 from edge.model.bundle import load_bundle
 from edge.model.classifier import Classifier
 from edge.model.taxonomy import load_taxonomy, parse_taxonomy
+from edge.paths import DEFAULT_BUNDLE
 from tests.conftest import REPO, needs_data, needs_weights
 
 pytestmark = [needs_data, needs_weights]
@@ -51,6 +52,28 @@ def test_missing_file_and_bad_json_are_refused(tiny_bundle):
     (tiny_bundle / "model.json").unlink()
     with pytest.raises(SmartbinError, match="model.json is missing"):
         load_bundle(tiny_bundle)
+
+
+def test_a_model_json_nested_too_deep_or_too_big_is_refused_not_a_crash(tmp_path):
+    """The shipped bundle's model.tflite beside a model.json that is hostile: never a traceback, never
+    read without end."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "model.tflite").write_bytes((DEFAULT_BUNDLE / "model.tflite").read_bytes())
+    (bundle / "model.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SmartbinError, match="not valid JSON \\(nested too deep\\)"):
+        load_bundle(bundle)
+    (bundle / "model.json").write_bytes(b" " * (5 << 20) + b"{}")
+    with pytest.raises(SmartbinError, match="more than the 4 MiB"):
+        load_bundle(bundle)
+
+
+def test_a_password_file_swapped_for_a_device_after_load_is_not_read_without_end():
+    from edge.config import MqttConfig
+    from edge.mqtt.client import read_password
+
+    with pytest.raises(SmartbinError, match="character device"):
+        read_password(MqttConfig(password_file="/dev/zero"))
 
 
 def test_labels_not_covered_by_the_active_taxonomy_are_refused(tiny_bundle):

@@ -20,6 +20,7 @@ from edge.errors import SmartbinError
 from edge.model.ood import SCORES, OodRule
 from edge.model.preprocess import InputSpec
 from edge.model.taxonomy import Taxonomy, parse_taxonomy
+from edge.schema import UnfitFile, read_capped
 
 FORMAT = "smartbin-model-bundle"
 FORMAT_VERSION = 1
@@ -73,6 +74,9 @@ class Bundle:
         return None if block is None else OodRule(str(block["score"]), float(block["threshold"]))
 
 
+META_MAX_BYTES = 4 << 20  # model.json: a few KiB in practice; never read past this
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -103,10 +107,11 @@ def load_bundle(path: str | Path, taxonomy: Taxonomy | None = None, *, verify_sh
                 "copy both files, or point --model at the right folder",
             )
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        meta = json.loads(read_capped(meta_path, META_MAX_BYTES).decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, UnfitFile) as exc:
+        why = "nested too deep" if isinstance(exc, RecursionError) else str(exc)
         raise SmartbinError(
-            f"model bundle {folder}: {META_FILE} is not valid JSON ({exc})",
+            f"model bundle {folder}: {META_FILE} is not valid JSON ({why})",
             "the file is damaged; copy the bundle again from the training run",
         ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

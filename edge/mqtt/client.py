@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.config import MqttConfig
+from edge.config import SECRET_MAX_BYTES, MqttConfig
 from edge.errors import SmartbinError
 from edge.mqtt.topics import Topics
+from edge.schema import UnfitFile, read_capped
 
 
 def broker_address(text: str, default_port: int = 1883) -> tuple[str, int]:
@@ -29,10 +31,15 @@ def read_password(cfg: MqttConfig) -> str | None:
     """From a file or an environment variable, never from the YAML."""
     if cfg.password_file:
         try:
-            with open(cfg.password_file, encoding="utf-8") as fh:
-                return fh.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            return read_capped(Path(cfg.password_file), SECRET_MAX_BYTES).decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError, UnfitFile) as exc:
+            reason = (
+                exc.strerror
+                if isinstance(exc, OSError)
+                else str(exc)
+                if isinstance(exc, UnfitFile)
+                else "it is not UTF-8 text"
+            )
             raise SmartbinError(
                 f"mqtt.password_file {cfg.password_file} cannot be read: {reason}",
                 "create it readable by the smartbin user (mode 0600), holding only the password",
