@@ -86,8 +86,8 @@ CATALOGUE: tuple[Bug, ...] = (
         "a sort just after a tip never counts the tipped item again",
         "deleted line",
         "edge/service/daemon.py",
-        "        self.camera.drop_buffered()\n",
-        "",
+        "        self.camera.drop_buffered()\n        self.trigger.handled()\n",
+        "        self.trigger.handled()\n",
         ("tests/test_counting.py",),
     ),
     Bug(
@@ -172,10 +172,10 @@ def checkout_copy(into: Path) -> Path:
     ).stdout.split(b"\0")
     copy = into / REPO.name
     for name in filter(None, files):
-        source = REPO / os.fsdecode(name)
-        if source.is_file():
-            (copy / os.fsdecode(name)).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, copy / os.fsdecode(name), follow_symlinks=False)
+        source, target = REPO / os.fsdecode(name), copy / os.fsdecode(name)
+        if source.is_symlink() or source.is_file():  # a link (config/, models/) stays a link
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target, follow_symlinks=False)
     shared = REPO.parent / "shared"
     if shared.exists():
         (into / "shared").symlink_to(shared)
