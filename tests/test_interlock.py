@@ -28,11 +28,11 @@ def line_bin(tmp_path, stop: str = "home"):
     return tray, emulator, config
 
 
-def maestro_bin(tmp_path):
+def maestro_bin(tmp_path, stop: str = "home"):
     tray = SimulatedTray(synthetic=1, fps=0)
     emulator = MaestroEmulator(on_move=tray.servo_moved, travel_reads=3, inputs={LID_CHANNEL: 0})
     config = config_for(tmp_path, emulator.port)
-    config.servo.interlock = LID_CHANNEL
+    config.servo.interlock, config.servo.interlock_stop = LID_CHANNEL, stop
     return tray, emulator, config
 
 
@@ -82,8 +82,10 @@ def test_line_a_move_the_firmware_stopped_is_not_counted_and_is_sorted_once_the_
         assert len(guarded_bin_moves(emulator.lines, config)) == 2  # stopped once, then done
 
 
-def test_maestro_a_move_stopped_by_the_lid_goes_home_is_not_counted_and_is_sorted_once_it_closes(tmp_path):
-    tray, emulator, config = maestro_bin(tmp_path)
+@pytest.mark.parametrize("stop", ["home", "hold"])
+def test_maestro_a_move_stopped_by_the_lid_is_not_counted_and_is_sorted_once_it_closes(tmp_path, stop):
+    """servo.interlock_stop: home sends the tray home at once; hold stops it where it got to."""
+    tray, emulator, config = maestro_bin(tmp_path, stop)
     with emulator:
         emulator.open_lid_after_reads = 2  # the lid opens while the servo is on its way
         daemon = Daemon(config, opener=lambda cfg: tray)
@@ -91,7 +93,12 @@ def test_maestro_a_move_stopped_by_the_lid_goes_home_is_not_counted_and_is_sorte
         targets = [f[2] | f[3] << 7 for f in emulator.commands if f[0] == 0x84]
         bins = {round(us * 4) for us in config.servo.bins.values()}
         first_bin = next(i for i, t in enumerate(targets) if t in bins)
-        assert targets[first_bin + 1] == 1500 * 4  # stopped: sent home at once
+        if stop == "home":
+            assert targets[first_bin + 1] == 1500 * 4  # stopped: sent home at once
+        else:  # stopped where it had got to, between home and the bin
+            assert (
+                min(1500 * 4, targets[first_bin]) < targets[first_bin + 1] < max(1500 * 4, targets[first_bin])
+            )
         assert sum(t in bins for t in targets) == 2
 
 
