@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `python bench/x.py` from a checkout, without installing
 
 SHARED = Path(os.environ.get("SMARTBIN_DATA", REPO.parent / "shared" / "datasets"))
-BUNDLE = REPO / "models" / "household34-mnv2"
+BUNDLE = REPO / "models" / "household38-mnv2"
 
 
 def machine() -> dict[str, Any]:

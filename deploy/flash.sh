@@ -30,7 +30,7 @@ The last --keep releases stay on the bin. Every run is logged on the bin in
 /var/log/smartbin-deploy.log. Running it again with nothing changed changes nothing.
 
 Options:
-  --model DIR          model bundle to install (default: models/household34-mnv2)
+  --model DIR          model bundle to install (default: models/household38-mnv2)
   --config FILE        install FILE as the bin's config; the old one is kept as
                        smartbin.yaml.<time>.bak (without --config it is never touched)
   --device-id ID       device_id written into a new config (default: the bin's host name)
@@ -89,7 +89,7 @@ die() {
 say() { echo "==> $*"; }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-model="$repo/models/household34-mnv2"
+model="$repo/models/household38-mnv2"
 config=""
 device_id=""
 keep=3

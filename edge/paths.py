@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 # What the package ships with (edge/shipped/: the checkout's models/ and config/ link there), found the
 # same way in a checkout and in an installed wheel.
 SHIPPED = Path(str(importlib.resources.files("edge") / "shipped"))
-DEFAULT_BUNDLE = SHIPPED / "models" / "household34-mnv2"
+DEFAULT_BUNDLE = SHIPPED / "models" / "household38-mnv2"
 REFERENCE_CONFIG = SHIPPED / "config" / "smartbin.yaml"
 TAXONOMIES = SHIPPED / "config" / "taxonomy"
 TRAINING_PRESETS = SHIPPED / "config" / "training"

@@ -775,6 +775,16 @@ def check_labels(folders: list[str], taxonomy: Taxonomy, taxonomy_file: str) -> 
                 f"{', '.join(taxonomy.bin_ids)}), e.g. '{unknown[0]}: {taxonomy.default_bin}', "
                 "or list it under 'ignore:'",
             )
+    photographed = {label for folder in folders for label in folder_labels(folder)} | set(taught)
+    missing = taxonomy.never_tip_missing(photographed)
+    if missing:
+        log.warning(
+            "taxonomy %s never tips %s, but no folder has photos of them: this model will not know them, "
+            "and its bundle holds only what it knows (add photos of them, e.g. ../shared/datasets/not-waste)",
+            taxonomy_file,
+            ", ".join(missing),
+        )
+        taxonomy = taxonomy.holding_only(photographed)
     if not taught:
         return taxonomy
     log.info("new items from review folders: %s", ", ".join(f"{k} ({v})" for k, v in sorted(taught.items())))

@@ -24,7 +24,7 @@ WEIGHTS = Path(
     os.environ.get("SMARTBIN_WEIGHTS")
     or SHARED.parent / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 )
-SHIPPED = REPO / "models" / "household34-mnv2"
+SHIPPED = REPO / "models" / "household38-mnv2"
 TINY_CLASSES = ("battery", "biological", "clothes")
 # The tiny run's second folder: battery merges with garbage12's, paint-bucket is its own label.
 TINY_CN_CLASSES = ("battery", "paint-bucket")
@@ -42,13 +42,16 @@ def real_photos(label: str, n: int, source: Path = GARBAGE12) -> list[Path]:
     return sorted((source / label).iterdir())[:n]
 
 
-def shipped_bundle_with(folder: Path, **meta) -> Path:
-    """A copy of the shipped bundle in ``folder``, its model.json with ``meta`` set (json writes NaN too)."""
+def shipped_bundle_with(folder: Path, drop: tuple[str, ...] = (), **meta) -> Path:
+    """A copy of the shipped bundle in ``folder``, its model.json with ``meta`` set (json writes NaN too)
+    and the blocks named in ``drop`` removed (a bundle made before them)."""
     import json
 
     copy = Path(shutil.copytree(SHIPPED, folder / "bundle"))
     data = json.loads((copy / "model.json").read_text())
     data.update(meta)
+    for key in drop:
+        del data[key]
     (copy / "model.json").write_text(json.dumps(data))
     return copy
 

@@ -76,10 +76,11 @@ def test_expected_calibration_error_on_hand_made_bins():
 
 
 def test_a_bundle_without_calibration_loads_uncalibrated(tmp_path):
+    old = load_bundle(shipped_bundle_with(tmp_path / "old", drop=("calibration",)))
+    assert old.temperature == 1.0 and not old.calibrated
+    assert old.calibration_note == "uncalibrated (bundle made before calibration)"
     shipped = load_bundle(DEFAULT_BUNDLE)
-    assert "calibration" not in shipped.meta
-    assert shipped.temperature == 1.0 and not shipped.calibrated
-    assert shipped.calibration_note == "uncalibrated (bundle made before calibration)"
+    assert shipped.calibrated and shipped.temperature == shipped.meta["calibration"]["temperature"]
     mine = load_bundle(
         shipped_bundle_with(tmp_path, calibration={"temperature": 1.7, "fitted_on": "val", "photos": 9})
     )
@@ -102,7 +103,7 @@ def test_a_bad_temperature_is_refused_with_the_key_and_the_fix(tmp_path, block):
 @needs_data
 def test_the_classifier_applies_the_bundles_temperature(tmp_path):
     photo = read_image(real_photos("battery", 1)[0])
-    plain = Classifier(load_bundle(DEFAULT_BUNDLE))
+    plain = Classifier(load_bundle(shipped_bundle_with(tmp_path / "plain", drop=("calibration",))))
     hot = Classifier(load_bundle(shipped_bundle_with(tmp_path, calibration={"temperature": 2.0})))
     raw = plain.predict(photo)
     probs = hot.predict(photo)
@@ -126,8 +127,11 @@ def test_classify_and_check_say_whether_the_model_is_calibrated(tmp_path, capsys
     photo = str(real_photos("battery", 1)[0])
     assert smartbin(["classify", "--model", str(bundle), photo]) == 0
     assert "), calibrated (T=2), taxonomy" in capsys.readouterr().out
-    assert smartbin(["classify", photo]) == 0
+    old = shipped_bundle_with(tmp_path / "old", drop=("calibration",))
+    assert smartbin(["classify", "--model", str(old), photo]) == 0
     assert "uncalibrated (bundle made before calibration)" in capsys.readouterr().out
+    assert smartbin(["classify", photo]) == 0  # the shipped model
+    assert "), calibrated (T=0.65), taxonomy" in capsys.readouterr().out
     config = tmp_path / "smartbin.yaml"
     config.write_text(f"model: {{bundle: {bundle}}}\n")
     assert smartbin(["check", "--config", str(config), "--only", "model"]) == 0

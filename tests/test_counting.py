@@ -35,7 +35,7 @@ from tests.test_daemon import Running, bin_moves, config_for, needs_broker
 
 def open_move(config, bin_id: str = "kitchen") -> SortedItem:
     """What the ledger holds after a power cut between the write-ahead and the count."""
-    record = SortedItem("a" * 32, time.time(), "banana", bin_id, 0.9, False, 0.0, "household34-mnv2")
+    record = SortedItem("a" * 32, time.time(), "banana", bin_id, 0.9, False, 0.0, "household38-mnv2")
     ledger = Ledger(config.ledger.path)
     ledger.begin_move(record)
     ledger.close()

@@ -105,7 +105,7 @@ def test_every_item_is_moved_counted_and_published_once(tmp_path, emulator, brok
     assert ledger.pending() == []
     assert sub.latest("/availability") == b"offline"
     state = json.loads(sub.payloads("/state")[-1])
-    assert state["total"] == 3 and state["model_id"] == "household34-mnv2" and state["faults"] == {}
+    assert state["total"] == 3 and state["model_id"] == "household38-mnv2" and state["faults"] == {}
     sub.close()
 
 
@@ -223,7 +223,7 @@ def test_reload_applies_a_valid_config_and_refuses_an_invalid_one(tmp_path, emul
         config_file.write_text(base + "model: {bundle: /nowhere}\n")
         daemon.reload()
         assert (
-            daemon.config.model.threshold == 0.8 and daemon.classifier.bundle.model_id == "household34-mnv2"
+            daemon.config.model.threshold == 0.8 and daemon.classifier.bundle.model_id == "household38-mnv2"
         )
         # a password file `check` cannot see the service failing to read: the reload is refused, the
         # process and its running telemetry carry on

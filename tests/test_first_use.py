@@ -87,7 +87,7 @@ def test_classify_says_what_it_read_and_skipped_and_fails_when_nothing_could_be_
     photo = drawn_photo(tmp_path / "cup.jpg")
     result = smartbin("classify", photo, fake)
     assert result.returncode == 1
-    assert result.stdout.startswith("model household34-mnv2") and len(result.stdout.splitlines()) == 3
+    assert result.stdout.startswith("model household38-mnv2") and len(result.stdout.splitlines()) == 3
     assert "read 1 photo, skipped 1: cannot decode image" in result.stderr
     result = smartbin("classify", "--json", photo)
     assert result.returncode == 0 and json.loads(result.stdout)["path"] == str(photo)

@@ -325,7 +325,7 @@ def test_a_fresh_deploy_installs_release_user_unit_config_and_is_healthy(first_d
     assert device.log()[-1].endswith(f"deploy {release}: ok")
     # the wheel is whole (the default bundle inside it) and holds only what the tree holds
     (site,) = (device.root / "opt/smartbin/releases" / release / "venv/lib").glob("python3*/site-packages")
-    assert (site / "edge/shipped/models/household34-mnv2/model.tflite").is_file()
+    assert (site / "edge/shipped/models/household38-mnv2/model.tflite").is_file()
     assert not (site / "edge" / STALE_MODULE.name).exists()
 
 

@@ -3,6 +3,7 @@ ood block, and the decision that holds an item (hand-made probabilities, the shi
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -63,7 +64,7 @@ def test_never_tip_as_a_mapping_and_as_a_list():
 
 def test_never_tip_round_trips_and_an_old_taxonomy_is_written_unchanged():
     assert parse_taxonomy(TAX.to_dict()) == TAX
-    old = load_taxonomy(SHIPPED_TAXONOMY)
+    old = parse_taxonomy(small())
     assert "never_tip" not in old.to_dict() and parse_taxonomy(old.to_dict()) == old
     assert TAX.to_dict()["never_tip"]["hand"] == HAND
 
@@ -118,34 +119,42 @@ def test_never_tip_refusals_name_the_key_and_the_fix(extra, problem, fix):
     assert problem in err.value.problem and fix in err.value.fix
 
 
-def test_the_shipped_taxonomy_documents_never_tip_as_a_comment_only():
-    text = SHIPPED_TAXONOMY.read_text(encoding="utf-8")
-    assert "# never_tip:   (optional)" in text
-    for line in (
-        '#   hand: {reason: "a hand is on the tray", override: false, hold_above: 0.2}',
-        "hold_above: p (0 < p <= 1)",
-        "#   earbuds:",
-        "#   glasses:",
-    ):
-        assert line in text
-    assert load_taxonomy(SHIPPED_TAXONOMY).never_tip == {}
-    # uncommented, the four labels would be refused with the shipped model (it lacks them)
+def test_the_shipped_taxonomy_holds_what_the_shipped_model_knows():
+    shipped = load_taxonomy(SHIPPED_TAXONOMY)
+    assert shipped.never_tip_labels == {"hand", "phone", "earbuds", "glasses"}
+    assert shipped.never_tip["hand"] == NeverTip("a hand is on the tray", False, 0.05)
+    assert "hold_above: p (0 < p <= 1)" in SHIPPED_TAXONOMY.read_text(encoding="utf-8")
+    assert load_bundle(DEFAULT_BUNDLE, shipped).taxonomy.never_tip == shipped.never_tip
+
+
+def test_a_never_tip_label_the_model_lacks_is_refused_with_the_fix(tmp_path):
+    """A taxonomy that asks to hold a key ring, with a model that has never seen one, would never hold
+    it: refused at load, not a silent promise."""
     data = load_taxonomy(SHIPPED_TAXONOMY).to_dict()
-    data["never_tip"] = {"hand": HAND, "phone": {}, "earbuds": {}, "glasses": {}}
+    data["never_tip"] = {**data["never_tip"], "keys": {}}
     with pytest.raises(SmartbinError) as err:
         load_bundle(DEFAULT_BUNDLE, parse_taxonomy(data))
-    assert "never tips ['earbuds', 'glasses', 'hand', 'phone'], but the model has no such label" in str(
-        err.value.problem
-    )
+    assert "never tips ['keys'], but the model has no such label" in str(err.value.problem)
     assert "remove them from 'never_tip:'" in err.value.fix
 
 
 def test_a_never_tip_label_the_model_has_loads():
     data = load_taxonomy(SHIPPED_TAXONOMY).to_dict()
     del data["items"]["lighter"]
-    data["never_tip"] = {"lighter": {"reason": "a lighter: take it back", "override": False}}
+    data["never_tip"] = {
+        **data["never_tip"],
+        "lighter": {"reason": "a lighter: take it back", "override": False},
+    }
     bundle = load_bundle(DEFAULT_BUNDLE, parse_taxonomy(data))
-    assert bundle.taxonomy.never_tip_rule("lighter").override is False and bundle.ood is None
+    assert bundle.taxonomy.never_tip_rule("lighter").override is False
+
+
+def test_training_without_photos_of_a_never_tip_label_drops_its_rule_with_a_warning(caplog):
+    """Training your own model with the shipped taxonomy and no not-waste photos: the model cannot hold
+    a hand, and its bundle says so instead of being refused at the end of the run."""
+    shipped = load_taxonomy(SHIPPED_TAXONOMY)
+    kept = shipped.holding_only(["paper", "hand"])
+    assert set(kept.never_tip) == {"hand"} and shipped.holding_only(shipped.never_tip_labels) is shipped
 
 
 # -- the out-of-distribution score -----------------------------------------------------------
@@ -187,7 +196,12 @@ def test_the_tradeoff_curve():
 
 
 def test_a_bundle_ood_block_loads_and_none_means_no_hold(tmp_path):
-    assert load_bundle(DEFAULT_BUNDLE).ood is None
+    assert load_bundle(DEFAULT_BUNDLE).ood == ood.OodRule("certainty", pytest.approx(0.4898, abs=1e-4))
+    without = shipped_bundle_with(tmp_path / "none")
+    meta = json.loads((without / "model.json").read_text())
+    del meta["ood"]
+    (without / "model.json").write_text(json.dumps(meta))
+    assert load_bundle(without).ood is None
     bundle = load_bundle(
         shipped_bundle_with(tmp_path, ood={"score": "certainty", "threshold": 0.4, "fitted_on": "val"})
     )

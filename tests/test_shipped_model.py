@@ -12,10 +12,13 @@ from tests.conftest import GARBAGE12, SHIPPED, needs_data
 
 def test_shipped_bundle_verifies():
     bundle = load_bundle(SHIPPED)
-    assert len(bundle.labels) == 34
+    assert len(bundle.labels) == 38
     assert bundle.meta["metrics"]["split"] == "test"
-    assert bundle.meta["data"]["sources"] == ["garbage12", "garbage26cn", "trashnet-trash"]
+    assert bundle.meta["data"]["sources"] == ["garbage12", "garbage26cn", "trashnet-trash", "not-waste"]
     assert bundle.taxonomy.costs is not None  # the bundle carries the decision it was scored with
+    assert bundle.taxonomy.never_tip_labels == {"hand", "phone", "earbuds", "glasses"}
+    assert bundle.taxonomy.never_tip["hand"].override is False  # no press ever tips a hand
+    assert bundle.ood is not None and 0 < bundle.meta["calibration"]["temperature"] < 1
 
 
 def test_card_and_metrics_come_from_the_run_report():

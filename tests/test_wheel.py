@@ -44,7 +44,7 @@ def installed(tmp_path_factory) -> Path:
             break
     assert built.returncode == 0, f"pip wheel failed twice:\n{built.stdout[-2000:]}\n{built.stderr[-3000:]}"
     (wheel,) = wheels.glob("smartbin-*.whl")
-    assert "edge/shipped/models/household34-mnv2/model.tflite" in zipfile.ZipFile(wheel).namelist()
+    assert "edge/shipped/models/household38-mnv2/model.tflite" in zipfile.ZipFile(wheel).namelist()
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     (site,) = (venv / "lib").glob("python3*/site-packages")
@@ -95,7 +95,7 @@ def test_classify_uses_the_bundle_inside_the_wheel(installed, tmp_path):
     result = run(installed, "smartbin", "classify", str(photo), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     header, _, row = result.stdout.splitlines()
-    assert header.startswith("model household34-mnv2") and "taxonomy cn-4bin" in header, result.stdout
+    assert header.startswith("model household38-mnv2") and "taxonomy cn-4bin" in header, result.stdout
     assert row.split()[0].endswith("cup.jpg") and "%" in row, result.stdout
 
 

@@ -152,6 +152,16 @@ class Taxonomy:
         known = set(labels)
         return sorted(label for label in self._never_tip_labels if label not in known)
 
+    def holding_only(self, labels: Iterable[str]) -> Taxonomy:
+        """This taxonomy without the never-tip rules a model with ``labels`` could never apply."""
+        known = set(labels)
+        kept = {
+            name: rule
+            for name, rule in self.never_tip.items()
+            if all(label in known for label in self.labels_of(name))
+        }
+        return self if len(kept) == len(self.never_tip) else dataclasses.replace(self, never_tip=kept)
+
     def with_items(self, items: Mapping[str, str]) -> Taxonomy:
         """This taxonomy and those of ``items`` it does not cover, mapped to a bin it has.
 

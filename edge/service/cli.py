@@ -59,9 +59,9 @@ examples:
                                                after installation: each part, pass or fail
   smartbin classify photo.jpg                  item, bin and confidence for one photo
   smartbin classify photos/ --json             every photo in a folder, as JSON lines
-  smartbin eval --data runs/household34/test_split --plots out/
+  smartbin eval --data runs/household38/test_split --plots out/
                                                accuracy on labelled photos
-  smartbin eval --model models/household34-mnv2 --model runs/new/bundle --data bin-07/
+  smartbin eval --model models/household38-mnv2 --model runs/new/bundle --data bin-07/
                                                two bundles side by side on the same photos
   smartbin servo cycle                         visit every bin (after installation)
   smartbin counts                              items sorted per bin, from the ledger
