@@ -44,7 +44,8 @@ def memory(frames: int, tmp: Path) -> dict:
     config.ledger.path = str(tmp / "ledger.db")
     config.sorting.review_folder = str(tmp / "review")
     config.mqtt.port = 1  # no broker: events stay in the outbox, as on a bin whose broker is down
-    daemon = Daemon(config, opener=lambda cfg: tray)
+    # an item the model holds (unknown, or not waste) is taken back by hand, as the demo's person does
+    daemon = Daemon(config, opener=lambda cfg: tray, on_held=lambda decision: tray.take_back())
     daemon.start()
     while not daemon.ready:
         daemon.step()

@@ -90,7 +90,10 @@ def test_labels_not_covered_by_the_active_taxonomy_are_refused(tiny_bundle):
         match=r"labels \['battery', 'clothes', 'paint-bucket', 'trash'\] are not in taxonomy 'narrow'",
     ):
         load_bundle(tiny_bundle, narrow)
-    assert load_bundle(tiny_bundle, load_taxonomy(REPO / "config/taxonomy/cn-4bin.yaml"))
+    shipped = load_taxonomy(REPO / "config/taxonomy/cn-4bin.yaml")
+    with pytest.raises(SmartbinError, match=r"never tips \['earbuds', 'glasses', 'hand', 'phone'\]"):
+        load_bundle(tiny_bundle, shipped)  # a model that knows no hand cannot promise to hold one
+    assert load_bundle(tiny_bundle, shipped.holding_only(load_bundle(tiny_bundle).labels))
 
 
 def test_corrupt_model_with_matching_sha_is_refused_by_the_interpreter(tiny_bundle):
