@@ -124,7 +124,7 @@ def test_sort_asks_the_running_daemon_to_sort_now(tmp_path, frames):
         tmp_path,
         f"camera: {{source: {frames}, replay_fps: 20}}\ntrigger: {{mode: manual}}\n"
         f"servo: {{port: {emulator.port}, dwell_s: 0.01}}\nledger: {{path: {tmp_path / 'ledger.db'}}}\n"
-        f"mqtt: {{port: {free_port()}}}\n",
+        f"mqtt: {{port: {free_port()}}}\nsorting: {{unknown: fallback}}\n",  # the bare tray: unknown
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "edge", "run", "--config", str(config)],

@@ -68,6 +68,7 @@ class Feed:
     tray: SimulatedTray | None = None
     video: Path | None = None
     tally: PhotoTally | None = None  # the photos read and skipped, for a tray of photos
+    drawn: bool = False  # drawn shapes, which a model holds as unknown: sent to the fallback bin instead
 
 
 def is_video(sources: list[str]) -> bool:
@@ -93,8 +94,11 @@ def demo_feed(sources: list[str], args: Any) -> Feed:
     """Check ``--source`` before anything starts: every path exists and some photo can be read."""
     if not sources:
         tray = SimulatedTray(None, synthetic=args.synthetic, fps=args.fps)
-        drawn = ": SYNTHETIC drawings, not real waste, so expect uncertain items"
-        return Feed(tray.description + drawn, tray)
+        drawn = (
+            ": SYNTHETIC drawings, not real waste, so expect uncertain items; items the model does not "
+            "know go to the fallback bin instead of being held (sorting.unknown: fallback)"
+        )
+        return Feed(tray.description + drawn, tray, drawn=True)
     if is_video(sources):
         video = Path(sources[0])
         check_video(video)
@@ -168,6 +172,8 @@ def run_demo(args: Any) -> int:
     state = Path(args.state) if args.state else Path(tempfile.mkdtemp(prefix="smartbin-demo-"))
     emulator = MaestroEmulator(device=12, on_move=tray.servo_moved if tray else None)
     config = demo_config(args, state, emulator.port)
+    if feed.drawn:
+        config.sorting.unknown = "fallback"
     if feed.video:
         config.camera.source = str(feed.video)
     online = broker_answers(config.mqtt.host, config.mqtt.port)
