@@ -20,6 +20,7 @@ from edge.service.daemon import Daemon
 from edge.service.notify import Notifier
 from edge.servo.emulator import LineEmulator, MaestroEmulator
 from tests.broker import Subscriber, free_port, mosquitto_path, wait_for
+from tests.conftest import shipped_bundle_with
 
 needs_broker = pytest.mark.skipif(
     mosquitto_path() is None, reason="mosquitto absent: scripts/test installs it"
@@ -36,6 +37,9 @@ def config_for(tmp_path: Path, port: str, mqtt_port: int | None = None) -> Confi
     config.sorting.ready_timeout_s = 0.5
     config.mqtt.host, config.mqtt.port = "127.0.0.1", mqtt_port or free_port()
     config.mqtt.reconnect_max_s = 1.0
+    # the simulated tray's drawn items are no waste the shipped model knows: sorted to the fallback bin
+    # instead of held as unknown (tests/test_held.py holds them on purpose)
+    config.sorting.unknown = "fallback"
     return config
 
 
@@ -151,7 +155,7 @@ def test_uncertain_items_are_kept_for_review_in_a_bounded_folder(tmp_path, emula
     frames = sorted((tmp_path / "review").glob("*.jpg"))
     assert len(frames) == 2
     sidecar = json.loads(frames[-1].with_suffix(".json").read_text())
-    assert sidecar["id"] == seen[-1].id and len(sidecar["probabilities"]) == 34
+    assert sidecar["id"] == seen[-1].id and len(sidecar["probabilities"]) == 38
     assert sidecar["uncertain"] and sidecar["kept"] == "uncertain" and sidecar["label"] is None
     assert not list((tmp_path / "review").glob("*.tmp"))  # written under another name, then renamed
 
@@ -162,7 +166,8 @@ def test_uncertain_items_are_kept_for_review_in_a_bounded_folder(tmp_path, emula
 def test_a_share_of_confident_items_is_kept_for_review_too(tmp_path, emulator, sample, draw, kept):
     """sorting.review_sample: a confident mistake can only be found if confident items reach review too."""
     config = config_for(tmp_path, emulator.port)
-    config.model.threshold = 0.0  # every item is sorted with confidence
+    config.model.threshold = 0.0  # every item is sorted with confidence, none found unknown (no ood rule)
+    config.model.bundle = str(shipped_bundle_with(tmp_path, drop=("ood",)))
     config.sorting.review_sample = sample
     seen = []
     Daemon(config, opener=lambda cfg: emulator.tray, on_sorted=seen.append, draw=lambda: draw).run()

@@ -67,7 +67,11 @@ class Harness:
                         "move_timeout_s": 0.5,
                     },
                     "ledger": {"path": str(folder / "state" / "ledger.db")},
-                    "sorting": {"review_folder": str(folder / "review"), "ready_timeout_s": 0.5},
+                    "sorting": {
+                        "review_folder": str(folder / "review"),
+                        "ready_timeout_s": 0.5,
+                        "unknown": "fallback",
+                    },
                     "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "reconnect_max_s": 1.0},
                 }
             )
