@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"smartbin-train: error: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:  # an install without the train extra (scripts/demo's .venv)
-        from edge.service.cli import missing_extra
+        from edge.service.cli import EXTRAS, missing_extra
 
-        error = missing_extra(exc)
+        error = missing_extra(exc, {**EXTRAS, "tensorflow": "train", "keras": "train"})
         if error is None:
             raise
         print(f"smartbin-train: error: {error}", file=sys.stderr)

@@ -14,7 +14,7 @@ import pytest
 
 from edge.model.calibration import calibrated
 from edge.paths import DEFAULT_BUNDLE
-from tests.conftest import REPO, TINY_CLASSES, needs_data, real_photos
+from tests.conftest import REPO, TINY_CLASSES, needs_data, real_photos, shipped_bundle_with
 
 LEGACY = REPO / ".venv-legacy" / "bin" / "python"
 
@@ -66,6 +66,7 @@ def test_tflite_runtime_applies_the_bundles_temperature(tmp_path):
     meta = json.loads((hot / "model.json").read_text())
     meta["calibration"] = {"temperature": 2.0, "fitted_on": "val", "photos": 1}
     (hot / "model.json").write_text(json.dumps(meta))
+    plain = shipped_bundle_with(tmp_path / "plain", drop=("calibration",))  # as a bundle made before it
     photos = [str(p) for p in real_photos("battery", 2) + real_photos("paper", 2)]
     code = (
         "import json, sys\n"
@@ -79,7 +80,7 @@ def test_tflite_runtime_applies_the_bundles_temperature(tmp_path):
         "    print(json.dumps([plain.predict(image).tolist(), hot.predict(image).tolist()]))\n"
     )
     out = subprocess.run(
-        [str(LEGACY), "-c", code, str(DEFAULT_BUNDLE), str(hot), *photos],
+        [str(LEGACY), "-c", code, str(plain), str(hot), *photos],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -100,13 +100,21 @@ def setup_logging(verbose: bool = False) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     if not verbose:  # OpenCV's own "[ WARN:0@0.2] global cap_v4l.cpp..." lines: our messages say it
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        silence_opencv()
 
 
-# The optional dependencies a command imports only when it needs them, and the extra that brings each.
+def silence_opencv() -> None:
+    """OpenCV's own log off: ``cv2.utils.logging`` in the wheels, ``cv2.setLogLevel`` in Debian's 4.6."""
+    levels = getattr(getattr(cv2, "utils", None), "logging", None)
+    if levels is not None:
+        levels.setLogLevel(levels.LOG_LEVEL_SILENT)
+    elif hasattr(cv2, "setLogLevel"):
+        cv2.setLogLevel(0)  # 0: silent
+
+
+# The optional dependencies a command imports only when it needs them, and the extra that brings each
+# (the training ones are host_training.cli's: the bin never names them).
 EXTRAS = {
-    "tensorflow": "train",
-    "keras": "train",
     "imagehash": "train",
     "PIL": "train",
     "matplotlib": "plots",
@@ -119,10 +127,10 @@ EXTRAS = {
 }
 
 
-def missing_extra(exc: ModuleNotFoundError) -> SmartbinError | None:
+def missing_extra(exc: ModuleNotFoundError, extras: dict[str, str] = EXTRAS) -> SmartbinError | None:
     """The pip install that brings a missing optional module; None for a module no extra brings."""
     module = (exc.name or "").split(".")[0]
-    extra = EXTRAS.get(module)
+    extra = extras.get(module)
     if extra is None:
         return None
     setup = extra if extra.startswith("edge") else f"edge,{extra}"
