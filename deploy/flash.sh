@@ -51,6 +51,7 @@ Options:
                        build the release for such a bin here and stop, contacting no bin
                        (e.g. aarch64:3.11:2.36, what Raspberry Pi OS 12 64-bit reports): it
                        lands in build/release/<release>, whose path is the last line printed
+                       (with --dry-run: that path only, nothing built)
   --keep N             releases kept on the bin (default 3)
   --health-timeout S   seconds the service must stay up after the restart (default 20)
   -p, --port PORT      SSH port
@@ -259,6 +260,10 @@ if [ -n "$build_only" ]; then
     opencv=""
     check_arch
     release=$(release_id)
+    if [ "$dry_run" = 1 ]; then  # only the name: what a bin of that kind would get
+        echo "$repo/build/release/$release"
+        exit 0
+    fi
     build_release
     echo "$repo/build/release/$release"
     exit 0
@@ -297,33 +302,8 @@ if [ "$pull" = 1 ]; then
     say "copying the review folder of $target into $dest"
     remote review-pack | tar -xf - -C "$work/review" \
         || die "the review folder of $target did not arrive" "check the connection and run it again: nothing was removed"
-    new=0
-    here=0
-    whole=()
-    for json in "$work"/review/*.json; do
-        [ -e "$json" ] || continue
-        name=$(basename "$json")
-        jpg="${json%.json}.jpg"
-        # the bin is not trusted: only plain files with a name the daemon writes, never a link or a FIFO
-        if [[ ! "$name" =~ ^[A-Za-z0-9._-]+\.json$ ]] || [ -L "$json" ] || [ ! -f "$json" ] \
-            || [ -L "$jpg" ] || [ ! -f "$jpg" ]; then
-            echo "    $(printf '%q' "$name") is not a pair of plain files: not copied, left on the bin"
-            continue
-        fi
-        if [ ! -s "$jpg" ] || ! "$python" -m json.tool "$json" >/dev/null 2>&1; then
-            echo "    $name did not arrive whole: left on the bin"
-            continue
-        fi
-        whole+=("$name")
-        if [ -e "$dest/$name" ]; then
-            here=$((here + 1))
-            continue
-        fi
-        mv "${json%.json}.jpg" "$dest/"
-        mv "$json" "$dest/"  # the JSON last: a JSON here means a whole pair
-        new=$((new + 1))
-    done
-    echo "    $new new pairs in $dest; $here were here already and are left as they are"
+    PYTHON="$python" "$repo/deploy/review-accept.sh" "$work/review" "$dest" "$work/whole"
+    mapfile -t whole <"$work/whole"
     if [ "$delete" = 1 ] && [ "${#whole[@]}" -gt 0 ]; then
         remote review-delete "${whole[@]}"
     fi

@@ -4,6 +4,8 @@
 #   remote.sh probe [opencv] | has RELEASE | install RELEASE INCOMING DEVICE_ID keep|replace KEEP HEALTH_S
 #   remote.sh rollback HEALTH_S
 #   remote.sh review-pack | review-delete NAME.json... | model-pack
+# and for deploy/ansible/ (the fleet rollout, which runs these same steps over Ansible's connection):
+#   remote.sh status | mqtt-password FILE | restart HEALTH_S | review-pack-to FILE
 set -Eeuo pipefail
 trap 'echo "flash.sh on the bin: step failed: $BASH_COMMAND" >&2; exit 2' ERR
 
@@ -86,7 +88,7 @@ gst = cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER)
 print("opencv=%s\nnumpy=%s\ngstreamer=%s" % (cv2.__version__, numpy.__version__, "YES" if gst else "NO"))' \
             2>/dev/null || true
     fi
-    echo "current=$(current_release)"
+    status
 }
 
 install_release() {
@@ -217,6 +219,14 @@ deploy_release() {
         else
             log "deploy $release: FAILED its health check; rolled back to $was, which is not healthy either"
         fi
+    elif [ -n "$backup" ]; then
+        # the release ran before; the new config is what failed: run on the old one again
+        step "restart smartbin on the old config; it must stay up for $health_s s"
+        if healthy "$health_s"; then
+            log "deploy $release: FAILED its health check with the new config; the old config is back"
+        else
+            log "deploy $release: FAILED its health check with the new config; the old config is back, and not healthy either"
+        fi
     else
         log "deploy $release: FAILED its health check; no earlier release to roll back to"
     fi
@@ -305,6 +315,55 @@ review_delete() {
     echo "removed $removed pairs from $folder"
 }
 
+# status: what the bin runs (current=, previous=, model=, active=); the end of probe's answer too
+status() {
+    local model=""
+    if [ -f "$home/current/model/model.json" ]; then
+        model=$("$python" -c 'import json, sys
+print(json.load(open(sys.argv[1])).get("model_id", ""))' "$home/current/model/model.json" 2>/dev/null || true)
+    fi
+    echo "current=$(current_release)"
+    echo "previous=$(previous_release)"
+    echo "model=$model"
+    if "$systemctl" is-active --quiet smartbin 2>/dev/null; then echo "active=yes"; else echo "active=no"; fi
+}
+
+# mqtt_password FILE: install FILE as the bin's broker password ($etc/mqtt-password, root:smartbin 0640);
+# prints `changed` or `unchanged`
+mqtt_password() {
+    local secret="$etc/mqtt-password" gid
+    if [ -f "$secret" ] && cmp -s "$1" "$secret"; then
+        [ "$dry_run" = 1 ] || rm -f "$1"
+        echo unchanged
+        return 0
+    fi
+    if [ "$dry_run" = 1 ]; then
+        echo "    would: install the broker password as $secret (root:smartbin 0640)" >&2
+        echo changed
+        return 0
+    fi
+    ensure_user >&2
+    mkdir -p "$etc"
+    gid=$(group_id smartbin)
+    install -m 0640 -o 0 -g "${gid:-0}" "$1" "$secret.new"
+    mv -f "$secret.new" "$secret"
+    rm -f "$1"
+    log "broker password of the smartbin user set"
+    echo changed
+}
+
+# restart HEALTH_S: restart the service; it must stay up HEALTH_S seconds
+restart() {
+    step "restart smartbin; it must stay up for $1 s"
+    if healthy "$1"; then
+        log "restart on $(current_release): ok"
+        return 0
+    fi
+    log "restart on $(current_release): FAILED its health check"
+    echo "smartbin failed its health check after a restart; its log: journalctl -u smartbin -n 50" >&2
+    exit 1
+}
+
 action="${1:?remote.sh: no action}"
 shift
 case "$action" in
@@ -313,6 +372,10 @@ case "$action" in
     install) deploy_release "$@" ;;
     rollback) rollback "$@" ;;
     review-pack) review_pack ;;
+    review-pack-to) review_pack >"${1:?remote.sh review-pack-to needs a file}" ;;
+    status) status ;;
+    mqtt-password) mqtt_password "${1:?remote.sh mqtt-password needs a file}" ;;
+    restart) restart "${1:?remote.sh restart needs seconds}" ;;
     review-delete) review_delete "$@" ;;
     model-pack) tar -C "$home/current/model" -cf - . ;;
     *) echo "remote.sh: unknown action $action" >&2; exit 2 ;;

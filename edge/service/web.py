@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import math
+import signal
 import socket
 import webbrowser
 from http import HTTPStatus
@@ -205,6 +206,10 @@ def serve(server: PageServer, url: str, open_browser: bool) -> None:
     """Say where the page is and who can reach it, then serve until Ctrl-C, having opened ``url`` in
     the user's browser if asked."""
     host = server.host or "0.0.0.0"
+    # Ctrl-C and SIGTERM end it cleanly, also when it was started with SIGINT ignored (from a script,
+    # in the background), which Python would otherwise keep
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"serving on {host} port {server.server_address[1]}: {reach(host)}", flush=True)
     if open_browser:
         webbrowser.open(url)
