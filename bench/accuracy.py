@@ -399,6 +399,28 @@ def cached(path: str | None, key: str, compute) -> dict[str, np.ndarray]:
     return result
 
 
+def int8_outputs(
+    classifier, bundle: Path, splits: dict[str, list[dict]], cache: str | None
+) -> dict[str, np.ndarray]:
+    """The classifier's output for every photo of each split, kept in ``cache`` (see :func:`cached`)."""
+    from tqdm import tqdm
+
+    from edge.images import read_image
+
+    def predict_all() -> dict[str, np.ndarray]:
+        return {
+            name: np.stack(
+                [
+                    classifier.predict(read_image(SHARED / s["source"] / s["path"]))
+                    for s in tqdm(photos, desc=f"int8, {name}", unit="photo")
+                ]
+            )
+            for name, photos in splits.items()
+        }
+
+    return cached(cache, cache_key(bundle, classifier.runtime, splits), predict_all)
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
@@ -410,10 +432,8 @@ def main() -> None:
     )
     args = p.parse_args()
     bundle = Path(args.model)
-    from tqdm import tqdm
 
     from edge.config import ModelConfig
-    from edge.images import read_image
     from edge.model.bundle import load_bundle
     from edge.model.classifier import Classifier
     from edge.model.evaluation import score_predictions
@@ -428,18 +448,7 @@ def main() -> None:
     classifier = Classifier(load_bundle(bundle), threads=args.threads)
     labels, taxonomy = classifier.labels, classifier.bundle.taxonomy
 
-    def predict_all() -> dict[str, np.ndarray]:
-        return {
-            name: np.stack(
-                [
-                    classifier.predict(read_image(SHARED / s["source"] / s["path"]))
-                    for s in tqdm(photos, desc=f"int8, {name}", unit="photo")
-                ]
-            )
-            for name, photos in splits.items()
-        }
-
-    all_probs = cached(args.cache, cache_key(bundle, classifier.runtime, splits), predict_all)
+    all_probs = int8_outputs(classifier, bundle, splits, args.cache)
     split, probs = splits["test"], all_probs["test"]
     truth = [s["label"] for s in split]
     int8 = score_predictions(probs, truth, labels, taxonomy)

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from accuracy import cache_key, cached
+from accuracy import int8_outputs
 from common import BUNDLE, SHARED, parser, print_table, write_result
 
 HOLD_ABOVE = [round(p, 2) for p in np.arange(0.05, 0.96, 0.05)]
@@ -136,9 +136,7 @@ def main() -> None:
         "--cache", metavar="FILE", help="int8 outputs kept in FILE (.npz), shared with bench/accuracy.py"
     )
     args = p.parse_args()
-    from tqdm import tqdm
 
-    from edge.images import read_image
     from edge.model.bundle import load_bundle
     from edge.model.classifier import Classifier
     from edge.model.taxonomy import load_taxonomy
@@ -155,18 +153,7 @@ def main() -> None:
             f"{args.taxonomy or bundle}: no never_tip rule of the taxonomy has a hold_above to fit"
         )
 
-    def predict_all() -> dict[str, np.ndarray]:
-        return {
-            name: np.stack(
-                [
-                    classifier.predict(read_image(SHARED / s["source"] / s["path"]))
-                    for s in tqdm(photos, desc=f"int8, {name}", unit="photo")
-                ]
-            )
-            for name, photos in splits.items()
-        }
-
-    probs = cached(args.cache, cache_key(bundle, classifier.runtime, splits), predict_all)
+    probs = int8_outputs(classifier, bundle, splits, args.cache)
     val = splits["val"]
     fits = [  # only the rules that ask for it: the others hold their item when it is the most probable
         choose_hold_above(
